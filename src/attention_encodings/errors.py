@@ -1,0 +1,19 @@
+"""The errors this package raises on purpose: each carries one line meant for the user."""
+
+from __future__ import annotations
+
+
+class AttentionEncodingsError(Exception):
+    """Base class: the message is a complete, one-line explanation fit to show a user as is."""
+
+
+class InputError(AttentionEncodingsError, ValueError):
+    """The text or an option is unusable (empty text, too many tokens, bad tap, bad k, …)."""
+
+
+class ModelLoadError(AttentionEncodingsError, OSError):
+    """A model could not be found, downloaded, verified or loaded."""
+
+
+class UnsupportedArchitectureError(ModelLoadError):
+    """The model loaded, but its architecture has no adapter here."""

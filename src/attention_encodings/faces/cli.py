@@ -1,0 +1,224 @@
+"""The `attention-encodings` command line: `analyze` a text, list `models`.
+
+Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
+1 for a bad input or a model that cannot be loaded, 2 for a malformed command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from transformers.utils import logging as hf_logging
+
+from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
+from ..errors import AttentionEncodingsError, InputError
+from ..metrics import DEFAULT_REFERENCE, REFERENCES, check_reference
+from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, load_model
+from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
+from ..trace import DEFAULT_TAP, TAPS, check_tap
+
+FORMATS = ("table", "json", "csv")
+
+app = typer.Typer(
+    name="attention-encodings",
+    help="Trace every token through every layer of a transformer and measure how its representation moves.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def read_text(text: str) -> str:
+    """The TEXT argument, or standard input when it is `-`, decoded strictly as UTF-8."""
+    if text != "-":
+        return text
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"standard input is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})")
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[object]:
+    """A transient progress bar on stderr when it is a terminal; a silent callback otherwise."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _console(stream: IO[str], renderable: Table) -> Console:
+    """A console on `stream`; off a terminal it is as wide as the table needs, so nothing wraps."""
+    console = Console(file=stream, soft_wrap=False)
+    if not console.is_terminal:
+        console.width = max(80, Console(width=10_000).measure(renderable).maximum)
+    renderable.min_width = min(console.width, len(str(renderable.title or "")))
+    return console
+
+
+def overview_tables(result: Analysis) -> list[Table]:
+    """One table per measure: a row per token, a column per layer."""
+    formats = {"cosine": "{:.3f}", "rank": "{:d}", "overlap": "{:d}"}
+    titles = {
+        "cosine": "cosine to the original encoding",
+        "rank": "rank: vocabulary items closer than the original encoding",
+        "overlap": f"overlap: top-{result.top_k} neighbours kept from layer l to l+1",
+    }
+    tables = []
+    for name, measure in result.measures.items():
+        table = Table(title=titles[name], title_justify="left", title_style="bold")
+        table.add_column("#", justify="right")
+        table.add_column("token")
+        for layer in measure.layers:
+            table.add_column(f"{layer}→{layer + 1}" if name == "overlap" else f"L{layer}", justify="right")
+        for column, token in enumerate(result.tokens):
+            cells = [formats[name].format(value.item()) for value in measure.values[:, column]]
+            table.add_row(str(token.index), token.text, *cells)
+        tables.append(table)
+    return tables
+
+
+def token_table(result: Analysis) -> Table:
+    """Layer-by-layer table for an analysis narrowed to one token."""
+    token = result.tokens[0]
+    table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
+    for header in ("layer", "cosine", "rank", f"overlap→next (top-{result.top_k})", "nearest vocabulary items"):
+        table.add_column(header, justify="left" if header.startswith("nearest") else "right")
+    for layer in result.layers:
+        overlap = str(int(result.overlap.values[layer, 0])) if layer < len(result.overlap.layers) else ""
+        nearest = ", ".join(f"{n.text.strip() or n.text!r} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])
+        table.add_row(
+            str(layer), f"{result.cosine.values[layer, 0]:.3f}", str(int(result.rank.values[layer, 0])), overlap, nearest
+        )
+    return table
+
+
+def write_output(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"cannot write {out}: {error.strerror or error}") from error
+
+
+@app.command("analyze")
+def analyze_command(
+    text: str = typer.Argument(..., help="The text to analyse, or - to read it from standard input."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help=f"Hub id, local directory or '{BUNDLED_ALIAS}'. Default: roberta-base if it can be loaded, "
+        "else the bundled all-MiniLM-L6-v2.",
+    ),
+    tap: str = typer.Option(DEFAULT_TAP, help=f"Where to read each layer: {', '.join(TAPS)}."),
+    reference: str = typer.Option(DEFAULT_REFERENCE, help=f"Reference space: {', '.join(REFERENCES)}."),
+    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Neighbourhood size for the overlap measure."),
+    neighbours: int = typer.Option(DEFAULT_NEIGHBOURS, help="Nearest vocabulary items to report per token and layer."),
+    token: Optional[str] = typer.Option(None, help="Focus on one token: its index, or its text (first match)."),
+    output_format: str = typer.Option("table", "--format", "-f", help=f"Output: {', '.join(FORMATS)}."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of standard output."),
+    truncate: bool = typer.Option(False, help="Cut text longer than the model's limit instead of refusing it."),
+) -> None:
+    """Measure cosine, rank and neighbour churn for every token at every layer."""
+    if output_format not in FORMATS:
+        raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
+    check_tap(tap)
+    check_reference(reference)
+    source = read_text(text)
+    handle = load_model(model)
+    typer.echo(f"model: {handle.label} ({handle.reason})", err=True)
+    with progress_bar("measuring") as progress:
+        result = analyze(source, handle, tap, reference, top_k, neighbours, truncate=truncate, progress=progress)
+    if result.dropped:
+        typer.echo(f"note: truncated to {len(result.tokens)} tokens, dropping the last {result.dropped}", err=True)
+    if token is not None:
+        matches = result.token_matches(token)
+        if len(matches) > 1:
+            others = ", ".join(str(i) for i in matches[1:])
+            typer.echo(f"note: {token!r} matches tokens {matches}; showing {matches[0]} (use --token {others} for others)", err=True)
+        result = result.select(token)
+    if output_format == "json":
+        write_output(result.to_json() + "\n", out)
+    elif output_format == "csv":
+        write_output(result.to_frame().to_csv(index=False), out)
+    else:
+        tables = [token_table(result)] if token is not None else overview_tables(result)
+        render_tables(tables, out)
+
+
+def render_tables(tables: list[Table], out: Path | None) -> None:
+    if out is None:
+        for table in tables:
+            _console(sys.stdout, table).print(table)
+        return
+    try:
+        with out.open("w", encoding="utf-8") as stream:
+            for table in tables:
+                _console(stream, table).print(table)
+    except OSError as error:
+        raise InputError(f"cannot write {out}: {error.strerror or error}") from error
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the supported families, the bundled model and the models in the local HF cache."""
+    console = Console()
+    families = Table(title="supported architecture families", title_justify="left")
+    for header in ("family", "model_type", "examples"):
+        families.add_column(header)
+    for adapter in ADAPTERS:
+        families.add_row(adapter.family, ", ".join(adapter.model_types), ", ".join(adapter.examples))
+    console.print(families)
+    folder = bundled_model_dir()
+    weights = folder / BUNDLED_WEIGHTS
+    check = "missing" if not weights.is_file() else ("ok" if sha256_of(weights) == BUNDLED_SHA256 else "MISMATCH")
+    console.print(f"\nbundled offline model: all-MiniLM-L6-v2 from {BUNDLED_DISTRIBUTION}")
+    console.print(f"  path: {folder}\n  sha256 check: {check}  (use --model {BUNDLED_ALIAS})\n")
+    cached = Table(title="models in the local Hugging Face cache", title_justify="left")
+    for header in ("repo id", "model_type", "supported family", "size"):
+        cached.add_column(header)
+    for entry in cached_models():
+        cached.add_row(entry.repo_id, entry.model_type or "?", entry.family or "no", f"{entry.size_bytes / 1e6:.0f} MB")
+    console.print(cached if cached.row_count else "no models in the local Hugging Face cache")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every expected failure into one line on stderr and an exit status."""
+    hf_logging.set_verbosity_error()  # load reports and warnings are noise here; failures still raise
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="attention-encodings", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 130
+    except typer.Exit as exit_:
+        code = exit_.exit_code
+    except typer.TyperException as error:  # a malformed command line: unknown option, non-numeric --top-k, …
+        message = error.format_message()
+        if message:  # (empty when the usage was just printed for a bare command)
+            typer.echo(f"error: {message}", err=True)
+        code = getattr(error, "exit_code", 2)
+    except AttentionEncodingsError as error:
+        typer.echo(f"error: {error}", err=True)
+        code = 1
+    except BrokenPipeError:
+        sys.stderr.close()
+        code = 0
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,27 @@
+"""Metrics layer: reference spaces and the measures, as pure tensor functions."""
+
+from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, measure, top_k_overlap
+from .reference import (
+    DEFAULT_REFERENCE,
+    REFERENCES,
+    EmbeddingReference,
+    ReferenceSpace,
+    WordReference,
+    check_reference,
+    reference_space,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_REFERENCE",
+    "REFERENCES",
+    "EmbeddingReference",
+    "Measures",
+    "Progress",
+    "ReferenceSpace",
+    "WordReference",
+    "check_reference",
+    "measure",
+    "reference_space",
+    "top_k_overlap",
+]

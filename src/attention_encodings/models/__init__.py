@@ -1,0 +1,22 @@
+"""Models layer: loading (hub, cache, local, bundled), architecture adapters and their tap points."""
+
+from .adapters import ADAPTERS, Adapter, EmbeddingParts, adapter_for, supported_families
+from .bundled import BUNDLED_SHA256, bundled_model_dir
+from .loading import BUNDLED_ALIAS, DEFAULT_MODEL, CachedModel, LoadedModel, cached_models, clear_cache, load_model
+
+__all__ = [
+    "ADAPTERS",
+    "BUNDLED_ALIAS",
+    "BUNDLED_SHA256",
+    "DEFAULT_MODEL",
+    "Adapter",
+    "CachedModel",
+    "EmbeddingParts",
+    "LoadedModel",
+    "adapter_for",
+    "bundled_model_dir",
+    "cached_models",
+    "clear_cache",
+    "load_model",
+    "supported_families",
+]

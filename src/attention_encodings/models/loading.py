@@ -1,0 +1,234 @@
+"""Finding and loading models the Hugging Face way: hub ids, local folders, the HF cache, `HF_HUB_OFFLINE`.
+
+`load_model()` with no name picks roberta-base when it can be loaded, else the bundled offline model, and says
+why. A model named explicitly is never replaced by another. Loaded models are kept for reuse in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import is_offline_mode, scan_cache_dir, try_to_load_from_cache
+from huggingface_hub.errors import CacheNotFound, HFValidationError
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import ModelLoadError
+from .adapters import ADAPTERS, Adapter, adapter_for
+from .bundled import BUNDLED_LABEL, bundled_model_dir, verify_bundled
+
+DEFAULT_MODEL = "FacebookAI/roberta-base"
+"""The model the seed post used; tried first when no model is named."""
+_DEFAULT_CACHE_NAMES = (DEFAULT_MODEL, "roberta-base")
+BUNDLED_ALIAS = "bundled"
+"""Name that selects the bundled offline model explicitly."""
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model ready to trace: weights, tokenizer, architecture adapter, and why it was chosen."""
+
+    name: str
+    """The resolved hub id or local path; passing it to `load_model` loads the same model."""
+    label: str
+    """A short name for people (e.g. `roberta-base`, `all-MiniLM-L6-v2 (bundled)`)."""
+    reason: str
+    """One line saying where the model came from and why it is the one in use."""
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: Adapter
+    lock: AbstractContextManager[bool] = field(default_factory=threading.RLock, repr=False)
+    """Held while the model runs: hooks are per model, so one traced pass at a time. Handles that share
+    a model share its lock."""
+
+    @property
+    def num_layers(self) -> int:
+        """Number of encoder blocks N (the analysis has layers 0..N)."""
+        return len(self.adapter.blocks(self.model))
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the word-embedding matrix: the vocabulary the measures compare against."""
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input this model accepts, special tokens included."""
+        limit = self.adapter.max_tokens(self.model.config)
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+            limit = min(limit, tokenizer_limit)
+        return limit
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Readable text of each vocabulary id; pieces that are partial characters keep their raw form."""
+        decoded = self.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+        raw = self.tokenizer.convert_ids_to_tokens(ids)
+        return [text if text and "\ufffd" not in text else piece for text, piece in zip(decoded, raw)]
+
+
+_requests: dict[str | None, LoadedModel] = {}
+"""Handles by the name asked for (None: the default resolution)."""
+_weights: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, Adapter, AbstractContextManager[bool]]] = {}
+"""Loaded weights by source, shared by every handle that resolves to the same source."""
+_lock = threading.Lock()
+
+
+def load_model(name: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load a model by hub id, local directory or `"bundled"`; with no name, resolve the default.
+
+    The default is roberta-base when it is in the HF cache or can be downloaded, else the bundled
+    all-MiniLM-L6-v2. Results are cached in-process, so repeated calls are free.
+    """
+    key = None if name is None else os.fspath(name)
+    with _lock:
+        if key not in _requests:
+            _requests[key] = _resolve_default() if key is None else _load_named(key)
+        return _requests[key]
+
+
+def _load(source: str, *, local_only: bool, label: str, reason: str) -> LoadedModel:
+    """Load config, weights and tokenizer through transformers (once per source); never with remote code."""
+    if source not in _weights:
+        common = {"local_files_only": local_only, "trust_remote_code": False}
+        try:
+            config = AutoConfig.from_pretrained(source, **common)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelLoadError(f"cannot load a model config from {source!r}: {_first_line(error)}") from error
+        adapter = adapter_for(config)
+        try:
+            model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **common)
+            tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelLoadError(f"cannot load model {source!r}: {_first_line(error)}") from error
+        _weights[source] = (model.eval(), tokenizer, adapter, threading.RLock())
+    model, tokenizer, adapter, lock = _weights[source]
+    return LoadedModel(source, label, reason, model, tokenizer, adapter, lock)
+
+
+def _load_named(name: str) -> LoadedModel:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load(str(path.resolve()), local_only=True, label=path.name, reason=f"local directory {path}")
+    if name == BUNDLED_ALIAS:
+        return _load_bundled("named explicitly")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise ModelLoadError(f"no model directory at {name!r}")
+    if _is_cached(name):
+        return _load(name, local_only=True, label=name, reason="named explicitly, from the Hugging Face cache")
+    unavailable = _hub_unavailable()
+    if unavailable:
+        raise ModelLoadError(f"model {name!r} is not in the Hugging Face cache and {unavailable}")
+    return _load(name, local_only=False, label=name, reason="named explicitly, from the Hugging Face hub")
+
+
+def _resolve_default() -> LoadedModel:
+    cached = next((name for name in _DEFAULT_CACHE_NAMES if _is_cached(name)), None)
+    try:
+        if cached:
+            return _load(cached, local_only=True, label="roberta-base", reason="the default, from the HF cache")
+        unavailable = _hub_unavailable()
+        if not unavailable:
+            return _load(DEFAULT_MODEL, local_only=False, label="roberta-base", reason="the default, from the hub")
+        why = f"roberta-base is not in the HF cache and {unavailable}"
+    except ModelLoadError as error:
+        why = f"roberta-base could not be loaded ({error})"
+    return _load_bundled(f"offline default, because {why}")
+
+
+def _load_bundled(reason: str) -> LoadedModel:
+    folder = verify_bundled(bundled_model_dir())
+    return _load(str(folder), local_only=True, label=f"{BUNDLED_LABEL} (bundled)", reason=reason)
+
+
+def _is_cached(repo_id: str) -> bool:
+    """Whether the HF cache holds this repo's config (no network)."""
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError as error:
+        raise ModelLoadError(f"{repo_id!r} is neither a model directory nor a valid hub model id") from error
+
+
+def _hub_unavailable() -> str:
+    """Why the hub cannot be used right now ('' when it can), decided in seconds rather than minutes."""
+    if is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""  # a proxy decides; a direct probe would say nothing useful
+    url = urlparse(hf_constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return f"the hub ({hf_constants.ENDPOINT}) cannot be reached"
+    return ""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    """A model repo found in the local Hugging Face cache."""
+
+    repo_id: str
+    model_type: str | None
+    family: str | None
+    size_bytes: int
+
+
+def cached_models() -> list[CachedModel]:
+    """Model repos in the local HF cache, with the family that supports each (None if unsupported)."""
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        return []
+    found = []
+    for repo in sorted(info.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        model_type = None
+        for revision in repo.revisions:
+            config = next((f.file_path for f in revision.files if f.file_name == "config.json"), None)
+            if config is not None:
+                try:
+                    model_type = json.loads(Path(config).read_text()).get("model_type")
+                except (OSError, ValueError):
+                    model_type = None
+                break
+        family = next((a.family for a in ADAPTERS if model_type in a.model_types), None)
+        found.append(CachedModel(repo.repo_id, model_type, family, repo.size_on_disk))
+    return found
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (they are freed once nothing else holds them)."""
+    with _lock:
+        _requests.clear()
+        _weights.clear()
+
+
+__all__ = [
+    "BUNDLED_ALIAS",
+    "DEFAULT_MODEL",
+    "CachedModel",
+    "LoadedModel",
+    "cached_models",
+    "clear_cache",
+    "load_model",
+]

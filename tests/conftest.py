@@ -1,0 +1,144 @@
+"""Shared fixtures: tiny random-weight models of every supported family, and a hermetic HF environment.
+
+The HF environment is set before anything imports huggingface_hub: a fresh, empty HF_HOME and
+HF_HUB_OFFLINE=1, so no test touches the network or a developer's own cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="attention-encodings-hf-home-")
+os.environ["HF_HUB_OFFLINE"] = "1"
+for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT"):
+    os.environ.pop(variable, None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import ByteLevelBPETokenizer  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertModel,
+    CamembertConfig,
+    CamembertModel,
+    DistilBertConfig,
+    DistilBertModel,
+    ElectraConfig,
+    ElectraModel,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizerFast,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
+
+SEED = "Time flies like an arrow. Fruit flies like a banana."
+CORPUS = [
+    SEED,
+    "Time is an illusion. Lunchtime doubly so.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café naïve résumé — 東京 и 🙂 emoji.",
+]
+TINY_MAX_POSITIONS = 40
+"""Tiny models accept few tokens, so the too-long case is cheap to test."""
+
+_SIZES = {"num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 64, "initializer_range": 0.3}
+
+
+def _config(family: str, vocab_size: int):
+    positions = {"max_position_embeddings": TINY_MAX_POSITIONS, "pad_token_id": 1}
+    if family == "roberta":
+        return RobertaModel, RobertaConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
+    if family == "xlm-roberta":
+        return XLMRobertaModel, XLMRobertaConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
+    if family == "camembert":
+        return CamembertModel, CamembertConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
+    if family == "bert":
+        return BertModel, BertConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=2, **_SIZES, **positions)
+    if family == "electra":
+        config = ElectraConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=32, type_vocab_size=2, **_SIZES, **positions)
+        return ElectraModel, config
+    if family == "distilbert":
+        config = DistilBertConfig(
+            vocab_size=vocab_size, dim=32, n_layers=3, n_heads=4, hidden_dim=64, initializer_range=0.3, **positions
+        )
+        return DistilBertModel, config
+    raise ValueError(family)
+
+
+FAMILIES = ("roberta", "bert", "xlm-roberta", "camembert", "distilbert", "electra")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer trained on a few sentences, saved the way RoBERTa's is."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=500, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    RobertaTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+    return folder
+
+
+def build_tiny(folder: Path, family: str, tokenizer_dir: Path) -> Path:
+    """Save a tiny random-weight model of `family`, with the test tokenizer, into `folder`."""
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(tokenizer_dir))
+    model_class, config = _config(family, len(tokenizer))
+    torch.manual_seed(0)
+    model = model_class(config)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> dict[str, Path]:
+    """One tiny model folder per supported family."""
+    return {family: build_tiny(tmp_path_factory.mktemp(family), family, tokenizer_dir) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tiny_dirs: dict[str, Path]) -> Path:
+    return tiny_dirs["roberta"]
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled all-MiniLM-L6-v2, loaded once."""
+    from attention_encodings import load_model
+
+    return load_model("bundled")
+
+
+def subprocess_env(**changes: str | None) -> dict[str, str]:
+    """This session's hermetic environment, with `changes` applied (None removes a variable)."""
+    env = dict(os.environ)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_cli(*args: str, stdin: bytes | None = None, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `attention-encodings` command in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "attention_encodings", *args],
+        input=stdin,
+        capture_output=True,
+        env=subprocess_env(**env),
+        timeout=600,
+        check=False,
+    )
+
+
+def run_python(code: str, **env: str | None) -> subprocess.CompletedProcess[bytes]:
+    """Run Python code in a fresh interpreter (fresh module state, fresh HF constants)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=subprocess_env(**env), timeout=600, check=False
+    )

@@ -1,0 +1,108 @@
+"""The measures computed the plain way, straight from their definitions, to check the fast path against.
+
+Loops over tokens and layers, builds each slot's reference matrix explicitly, sorts the full vocabulary:
+slow and obvious on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attention_encodings.models import LoadedModel
+from attention_encodings.trace import Encoding
+
+TIE = 1e-5
+"""Two cosines closer than this are treated as a tie (float noise), where orderings may differ."""
+
+
+def reference_rows(handle: LoadedModel, encoding: Encoding, p: int, reference: str) -> torch.Tensor:
+    """R_p: every vocabulary item's reference encoding in token p's slot, built explicitly (V, h)."""
+    model = handle.model
+    emb = model.embeddings
+    word = emb.word_embeddings.weight.detach()
+    if reference == "word":
+        return word
+    rows = word + emb.position_embeddings.weight[encoding.position_ids[p]].detach()
+    if encoding.token_type_ids is not None:
+        rows = rows + emb.token_type_embeddings.weight[encoding.token_type_ids[p]].detach()
+    norm = emb.LayerNorm
+    rows = F.layer_norm(rows, norm.normalized_shape, norm.weight.detach(), norm.bias.detach(), norm.eps)
+    projection = getattr(model, "embeddings_project", None)
+    if projection is not None:
+        with torch.no_grad():
+            rows = projection(rows)
+    return rows
+
+
+@dataclass
+class Plain:
+    cosine: list[list[float]]
+    rank: list[list[int]]
+    overlap: list[list[int]]
+    neighbours: list[list[list[int]]]
+    scores: list[list[torch.Tensor]]
+    """scores[l][p]: the full (V,) cosine vector, kept to judge ties."""
+
+
+def plain_measures(
+    handle: LoadedModel, encoding: Encoding, states: torch.Tensor, reference: str, top_k: int, n: int
+) -> Plain:
+    layers, tokens, _ = states.shape
+    ids = encoding.input_ids.tolist()
+    cosine = [[0.0] * tokens for _ in range(layers)]
+    rank = [[0] * tokens for _ in range(layers)]
+    tops: list[list[set[int]]] = [[set() for _ in range(tokens)] for _ in range(layers)]
+    neighbours: list[list[list[int]]] = [[[] for _ in range(tokens)] for _ in range(layers)]
+    scores: list[list[torch.Tensor]] = [[torch.empty(0)] * tokens for _ in range(layers)]
+    for p in range(tokens):
+        rows = reference_rows(handle, encoding, p, reference)
+        for layer in range(layers):
+            cos = F.cosine_similarity(states[layer, p][None, :], rows, dim=-1)
+            own = cos[ids[p]]
+            order = torch.argsort(cos, descending=True)
+            cosine[layer][p] = float(own)
+            rank[layer][p] = int((cos > own).sum())
+            tops[layer][p] = set(order[:top_k].tolist())
+            neighbours[layer][p] = order[:n].tolist()
+            scores[layer][p] = cos
+    overlap = [[len(tops[layer][p] & tops[layer + 1][p]) for p in range(tokens)] for layer in range(layers - 1)]
+    return Plain(cosine, rank, overlap, neighbours, scores)
+
+
+def ties_near(scores: torch.Tensor, value: float) -> int:
+    """How many items sit within float noise of `value` (so may order either way)."""
+    return int(((scores - value).abs() < TIE).sum())
+
+
+def boundary_tied(scores: torch.Tensor, k: int) -> bool:
+    """Whether the k-th and (k+1)-th best cosines tie, making the top-k set ambiguous."""
+    best = torch.topk(scores, k + 1).values
+    return bool(best[k - 1] - best[k] < TIE)
+
+
+def assert_matches_plain(data: dict, plain: Plain, top_k: int) -> None:
+    """A result in the JSON contract's shape (`Analysis.to_dict()` or parsed CLI output) equals the plain
+    computation: cosine to 1e-5; rank, overlap and neighbours exactly, except where cosines tie within noise."""
+    layers, tokens = len(plain.cosine), len(plain.cosine[0])
+    assert np.allclose(np.array(data["cosine"]), np.array(plain.cosine), atol=TIE, rtol=0)
+    for layer in range(layers):
+        for p in range(tokens):
+            scores = plain.scores[layer][p]
+            own = plain.cosine[layer][p]
+            slack = ties_near(scores, own) - 1
+            assert abs(data["rank"][layer][p] - plain.rank[layer][p]) <= slack, (layer, p)
+            fast = [n["id"] for n in data["neighbours"][layer][p]]
+            assert len(fast) == len(plain.neighbours[layer][p])
+            for place, (got, want) in enumerate(zip(fast, plain.neighbours[layer][p])):
+                if got != want:
+                    assert abs(float(scores[got]) - float(scores[want])) < TIE, (layer, p, place)
+    for layer in range(layers - 1):
+        for p in range(tokens):
+            got, want = data["overlap"][layer][p], plain.overlap[layer][p]
+            if got != want:
+                ambiguous = boundary_tied(plain.scores[layer][p], top_k) or boundary_tied(plain.scores[layer + 1][p], top_k)
+                assert ambiguous, (layer, p, got, want)

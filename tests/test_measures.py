@@ -1,0 +1,82 @@
+"""Every measure against a plain, loop-based computation of its definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CORPUS, FAMILIES, SEED
+from plain import assert_matches_plain, plain_measures, reference_rows
+
+from attention_encodings import InputError, analyze, load_model
+from attention_encodings.analysis import reference_for
+from attention_encodings.metrics import measure, top_k_overlap
+from attention_encodings.trace import encode, trace
+
+CASES = [(family, reference) for family in FAMILIES for reference in ("embedding", "word") if family != "electra"]
+CASES.append(("electra", "embedding"))
+
+
+def _check(handle, text, tap, reference, top_k, n):
+    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n)
+    encoding = encode(handle, text)
+    states = trace(handle, encoding).states(tap)
+    assert_matches_plain(result.to_dict(), plain_measures(handle, encoding, states, reference, top_k, n), top_k)
+    return result
+
+
+@pytest.mark.parametrize(("family", "reference"), CASES)
+def test_tiny_models_match_the_definitions(tiny_dirs, family, reference):
+    handle = load_model(str(tiny_dirs[family]))
+    _check(handle, CORPUS[3], "resid_mid", reference, top_k=20, n=7)
+
+
+@pytest.mark.parametrize("tap", ["resid_mid", "attn_ln", "resid_post"])
+def test_every_tap_matches_the_definitions(tiny_roberta, tap):
+    _check(load_model(str(tiny_roberta)), SEED, tap, "embedding", top_k=25, n=5)
+
+
+@pytest.mark.parametrize("reference", ["embedding", "word"])
+def test_bundled_model_matches_the_definitions(bundled, reference):
+    result = _check(bundled, SEED, "resid_mid", reference, top_k=100, n=15)
+    if reference == "embedding":
+        assert result.cosine.values[0] == pytest.approx(1.0, abs=1e-5)
+        assert (result.rank.values[0] == 0).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_own_reference_row_is_the_layer0_encoding(tiny_dirs, family):
+    """Under `embedding`, R_p[id_p] is exactly what the embedding layer produced at p."""
+    handle = load_model(str(tiny_dirs[family]))
+    encoding = encode(handle, SEED)
+    layer0 = trace(handle, encoding).states("resid_mid")[0]
+    for p, token_id in enumerate(encoding.input_ids.tolist()):
+        row = reference_rows(handle, encoding, p, "embedding")[token_id]
+        assert torch.allclose(row, layer0[p], atol=1e-5)
+
+
+def test_chunking_does_not_change_results(tiny_roberta):
+    handle = load_model(str(tiny_roberta))
+    encoding = encode(handle, SEED)
+    states = trace(handle, encoding).states("resid_mid")
+    offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+    space = reference_for(handle, "embedding")
+    whole = measure(states, encoding.input_ids, offsets, space, top_k=30, neighbours=10)
+    calls = []
+    tiny = measure(
+        states, encoding.input_ids, offsets, space, top_k=30, neighbours=10, chunk_bytes=1,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    for name in ("cosine", "rank", "overlap", "neighbour_ids", "neighbour_cosines"):
+        assert torch.allclose(getattr(whole, name).double(), getattr(tiny, name).double(), atol=1e-6), name
+    tokens = len(encoding.input_ids)
+    assert calls == [(i, tokens) for i in range(1, tokens + 1)]
+
+
+def test_top_k_overlap_counts_shared_ids():
+    ids = torch.tensor([[[1, 2, 3]], [[3, 4, 1]], [[5, 6, 7]], [[7, 6, 5]]])
+    assert top_k_overlap(ids).tolist() == [[2], [0], [3]]
+
+
+def test_word_reference_refuses_projected_embeddings(tiny_dirs):
+    with pytest.raises(InputError, match="embedding reference"):
+        analyze(SEED, str(tiny_dirs["electra"]), reference="word")
