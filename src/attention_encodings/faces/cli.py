@@ -177,24 +177,26 @@ def render_tables(tables: list[Table], out: Path | None) -> None:
 @app.command("models")
 def models_command() -> None:
     """List the supported families, the bundled model and the models in the local HF cache."""
-    console = Console()
-    families = Table(title="supported architecture families", title_justify="left")
+    families = Table(title="supported architecture families", title_justify="left", title_style="bold")
     for header in ("family", "model_type", "examples"):
         families.add_column(header)
     for adapter in ADAPTERS:
         families.add_row(adapter.family, ", ".join(adapter.model_types), ", ".join(adapter.examples))
-    console.print(families)
+    _console(sys.stdout, families).print(families)
     folder = bundled_model_dir()
     weights = folder / BUNDLED_WEIGHTS
     check = "missing" if not weights.is_file() else ("ok" if sha256_of(weights) == BUNDLED_SHA256 else "MISMATCH")
-    console.print(f"\nbundled offline model: all-MiniLM-L6-v2 from {BUNDLED_DISTRIBUTION}")
-    console.print(f"  path: {folder}\n  sha256 check: {check}  (use --model {BUNDLED_ALIAS})\n")
-    cached = Table(title="models in the local Hugging Face cache", title_justify="left")
+    typer.echo(f"\nbundled offline model: all-MiniLM-L6-v2 from {BUNDLED_DISTRIBUTION} (use --model {BUNDLED_ALIAS})")
+    typer.echo(f"  path: {folder}\n  sha256 check: {check}\n")
+    cached = Table(title="models in the local Hugging Face cache", title_justify="left", title_style="bold")
     for header in ("repo id", "model_type", "supported family", "size"):
         cached.add_column(header)
     for entry in cached_models():
         cached.add_row(entry.repo_id, entry.model_type or "?", entry.family or "no", f"{entry.size_bytes / 1e6:.0f} MB")
-    console.print(cached if cached.row_count else "no models in the local Hugging Face cache")
+    if cached.row_count:
+        _console(sys.stdout, cached).print(cached)
+    else:
+        typer.echo("no models in the local Hugging Face cache")
 
 
 def main(argv: list[str] | None = None) -> None:
