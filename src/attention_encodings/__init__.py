@@ -3,20 +3,18 @@
     >>> from attention_encodings import analyze
     >>> result = analyze("Time flies like an arrow. Fruit flies like a banana.")
     >>> result.to_frame()  # one row per (token, layer): cosine, rank, overlap with the next layer
+    >>> result  # in Jupyter: every chart (see attention_encodings.views for one chart, or to save one)
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
+from ._version import __version__
 from .analysis import Analysis, Neighbour, Token, Trajectory, analyze
 from .errors import AttentionEncodingsError, InputError, ModelLoadError, UnsupportedArchitectureError
+from .faces import notebook
 from .metrics import REFERENCES
 from .models import LoadedModel, load_model
 from .trace import TAPS
 
-try:
-    __version__ = version("attention-encodings")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+notebook.register()
 
 __all__ = [
     "REFERENCES",

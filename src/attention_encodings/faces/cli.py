@@ -1,4 +1,4 @@
-"""The `attention-encodings` command line: `analyze` a text, list `models`.
+"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, `serve` the web page, list `models`.
 
 Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
 1 for a bad input or a model that cannot be loaded, 2 for a malformed command line.
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +24,8 @@ from ..metrics import DEFAULT_REFERENCE, REFERENCES, check_reference
 from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, load_model
 from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
 from ..trace import DEFAULT_TAP, TAPS, check_tap
+from ..views import FIGURES, FILE_TYPES, check_figure, check_file_type, figure, save
+from .server import DEFAULT_HOST, DEFAULT_PORT, serve
 
 FORMATS = ("table", "json", "csv")
 
@@ -115,28 +117,28 @@ def write_output(text: str, out: Path | None) -> None:
         raise InputError(f"cannot write {out}: {error.strerror or error}") from error
 
 
-@app.command("analyze")
-def analyze_command(
-    text: str = typer.Argument(..., help="The text to analyse, or - to read it from standard input."),
-    model: Optional[str] = typer.Option(
-        None,
+TextArgument = Annotated[str, typer.Argument(help="The text to analyse, or - to read it from standard input.")]
+ModelOption = Annotated[
+    Optional[str],
+    typer.Option(
         "--model",
         "-m",
         help=f"Hub id, local directory or '{BUNDLED_ALIAS}'. Default: roberta-base if it can be loaded, "
         "else the bundled all-MiniLM-L6-v2.",
     ),
-    tap: str = typer.Option(DEFAULT_TAP, help=f"Where to read each layer: {', '.join(TAPS)}."),
-    reference: str = typer.Option(DEFAULT_REFERENCE, help=f"Reference space: {', '.join(REFERENCES)}."),
-    top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Neighbourhood size for the overlap measure."),
-    neighbours: int = typer.Option(DEFAULT_NEIGHBOURS, help="Nearest vocabulary items to report per token and layer."),
-    token: Optional[str] = typer.Option(None, help="Focus on one token: its index, or its text (first match)."),
-    output_format: str = typer.Option("table", "--format", "-f", help=f"Output: {', '.join(FORMATS)}."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of standard output."),
-    truncate: bool = typer.Option(False, help="Cut text longer than the model's limit instead of refusing it."),
-) -> None:
-    """Measure cosine, rank and neighbour churn for every token at every layer."""
-    if output_format not in FORMATS:
-        raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
+]
+TapOption = Annotated[str, typer.Option(help=f"Where to read each layer: {', '.join(TAPS)}.")]
+ReferenceOption = Annotated[str, typer.Option(help=f"Reference space: {', '.join(REFERENCES)}.")]
+TopKOption = Annotated[int, typer.Option("--top-k", help="Neighbourhood size for the overlap measure.")]
+NeighboursOption = Annotated[int, typer.Option(help="Nearest vocabulary items to report per token and layer.")]
+TokenOption = Annotated[Optional[str], typer.Option(help="Focus on one token: its index, or its text (first match).")]
+TruncateOption = Annotated[bool, typer.Option(help="Cut text longer than the model's limit instead of refusing it.")]
+
+
+def run_analysis(
+    text: str, model: str | None, tap: str, reference: str, top_k: int, neighbours: int, truncate: bool
+) -> Analysis:
+    """Read the text, load the model (saying which and why on stderr) and analyse, with a progress bar."""
     check_tap(tap)
     check_reference(reference)
     source = read_text(text)
@@ -146,12 +148,37 @@ def analyze_command(
         result = analyze(source, handle, tap, reference, top_k, neighbours, truncate=truncate, progress=progress)
     if result.dropped:
         typer.echo(f"note: truncated to {len(result.tokens)} tokens, dropping the last {result.dropped}", err=True)
+    return result
+
+
+def pick_token(result: Analysis, token: str) -> int:
+    """The index of the token `--token` names; a note on stderr lists the other matches."""
+    matches = result.token_matches(token)
+    if len(matches) > 1:
+        others = ", ".join(str(i) for i in matches[1:])
+        typer.echo(f"note: {token!r} matches tokens {matches}; showing {matches[0]} (use --token {others} for others)", err=True)
+    return result.token_index(token)
+
+
+@app.command("analyze")
+def analyze_command(
+    text: TextArgument,
+    model: ModelOption = None,
+    tap: TapOption = DEFAULT_TAP,
+    reference: ReferenceOption = DEFAULT_REFERENCE,
+    top_k: TopKOption = DEFAULT_TOP_K,
+    neighbours: NeighboursOption = DEFAULT_NEIGHBOURS,
+    token: TokenOption = None,
+    output_format: Annotated[str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)}.")] = "table",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of standard output.")] = None,
+    truncate: TruncateOption = False,
+) -> None:
+    """Measure cosine, rank and neighbour churn for every token at every layer."""
+    if output_format not in FORMATS:
+        raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
+    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate)
     if token is not None:
-        matches = result.token_matches(token)
-        if len(matches) > 1:
-            others = ", ".join(str(i) for i in matches[1:])
-            typer.echo(f"note: {token!r} matches tokens {matches}; showing {matches[0]} (use --token {others} for others)", err=True)
-        result = result.select(token)
+        result = result.select(pick_token(result, token))
     if output_format == "json":
         write_output(result.to_json() + "\n", out)
     elif output_format == "csv":
@@ -159,6 +186,49 @@ def analyze_command(
     else:
         tables = [token_table(result)] if token is not None else overview_tables(result)
         render_tables(tables, out)
+
+
+@app.command("plot")
+def plot_command(
+    text: TextArgument,
+    out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FILE_TYPES)}.")],
+    model: ModelOption = None,
+    tap: TapOption = DEFAULT_TAP,
+    reference: ReferenceOption = DEFAULT_REFERENCE,
+    top_k: TopKOption = DEFAULT_TOP_K,
+    neighbours: NeighboursOption = DEFAULT_NEIGHBOURS,
+    token: Annotated[
+        Optional[str], typer.Option(help="The token to highlight: its index, or its text. Default: the first non-special.")
+    ] = None,
+    measure: Annotated[str, typer.Option(help=f"What to draw: {', '.join(FIGURES)} (every chart and the neighbour table).")] = "all",
+    truncate: TruncateOption = False,
+) -> None:
+    """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file."""
+    check_figure(measure)
+    check_file_type(out)
+    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate)
+    selected = None if token is None else pick_token(result, token)
+    save(figure(result, measure, selected), out)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the page to the network.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+    models: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--models",
+            help="The models this server may load (hub ids, directories or 'bundled'), comma-separated or repeated. "
+            "Default: the default model resolution.",
+        ),
+    ] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
+) -> None:
+    """Serve the interactive page and its JSON API (docs at /docs)."""
+    allowed = [name.strip() for entry in models or [] for name in entry.split(",") if name.strip()]
+    serve(allowed or [None], host=host, port=port, open_browser=open_browser)
 
 
 def render_tables(tables: list[Table], out: Path | None) -> None:

@@ -1,0 +1,226 @@
+"""The web face: `attention-encodings serve`, an interactive page and a JSON API over one shared model.
+
+Safety: a request names a model only by an id from the list the server was started with, so it can never
+make the server download a model or open a path; text length and token count are capped; model work runs
+in the thread pool, off the event loop; each model is loaded once and shared (its lock serialises the
+hooked forward passes). Every failure a request can cause is a 4xx with one line in `{"detail": ...}`.
+The page and the API docs (/docs, /redoc) load nothing from a CDN.
+"""
+
+from __future__ import annotations
+
+import threading
+import webbrowser
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, ConfigDict, Field
+
+from .._version import __version__
+from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
+from ..errors import InputError
+from ..metrics import DEFAULT_REFERENCE, REFERENCES
+from ..models import LoadedModel, load_model
+from ..trace import DEFAULT_TAP, TAPS
+from ..views import charts, default_token, vega_javascript
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MODEL_ID = "default"
+"""The id under which a server started without `--models` offers the default model resolution."""
+MAX_CHARS = 2000
+MAX_TOKENS = 128
+"""Per request, special tokens included (or the model's own limit, if lower)."""
+MAX_NEIGHBOURS = 50
+CACHE_SIZE = 32
+"""Analyses kept per server, so the page's chart, CSV and JSON requests for one text compute it once."""
+STATIC = Path(__file__).with_name("static")
+
+
+class AnalyzeRequest(BaseModel):
+    """What to analyse: the fields mirror `analyze()`'s arguments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description=f"The text, at most {MAX_CHARS} characters and {MAX_TOKENS} tokens.")
+    model: Optional[str] = Field(None, description="A model id from GET /api/models; default: the first one.")
+    tap: Literal[TAPS] = Field(DEFAULT_TAP, description="Where to read each layer.")  # type: ignore[valid-type]
+    reference: Literal[REFERENCES] = Field(DEFAULT_REFERENCE, description="Reference space.")  # type: ignore[valid-type]
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, strict=True, description="Neighbourhood size for the overlap measure.")
+    neighbours: int = Field(
+        DEFAULT_NEIGHBOURS, ge=0, le=MAX_NEIGHBOURS, strict=True, description="Nearest vocabulary items per token and layer."
+    )
+
+
+class ServedModel(BaseModel):
+    """A model this server may run."""
+
+    id: str = Field(description="What a request's `model` field names.")
+    label: str
+    reason: str = Field(description="Where the model came from and why it is the one in use.")
+    layers: int
+    vocab_size: int
+    max_tokens: int = Field(description="The longest text this server accepts with this model, in tokens.")
+
+
+class ServerInfo(BaseModel):
+    """The models, settings and limits of this server."""
+
+    models: list[ServedModel]
+    taps: list[str]
+    references: list[str]
+    defaults: dict[str, Any]
+    limits: dict[str, int]
+
+
+CONTRACT = (
+    "The JSON contract shared with `attention-encodings analyze --format json`: model, tap, reference, top_k, "
+    "tokens, layers, cosine and rank ([layer][token]), overlap ([l][token], layers l to l+1) and neighbours."
+)
+
+
+def load_allowed(names: Sequence[str | None]) -> dict[str, LoadedModel]:
+    """Load every model the server may run, by the id requests will use (None: the default resolution)."""
+    return {DEFAULT_MODEL_ID if name is None else name: load_model(name) for name in names}
+
+
+def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
+    """What the page draws: the model, the tokens, the default selection and every chart's Vega-Lite spec.
+
+    Specs that share data name it; the data goes once, in `datasets`, and the page puts it back in each spec.
+    """
+    specs = {name: chart.to_dict() for name, chart in charts(result).items()}
+    datasets: dict[str, Any] = {}
+    for spec in specs.values():
+        datasets.update(spec.pop("datasets", {}))
+    return {
+        "model": model.model_dump(),
+        "tap": result.tap,
+        "reference": result.reference,
+        "top_k": result.top_k,
+        "tokens": [token.__dict__ for token in result.tokens],
+        "selected": default_token(result),
+        "charts": specs,
+        "datasets": datasets,
+    }
+
+
+def _validation_detail(error: RequestValidationError) -> tuple[int, str]:
+    """A status and one line for a body that is not JSON (400) or does not fit `AnalyzeRequest` (422)."""
+    problems = error.errors()
+    broken = next((p for p in problems if p.get("type") == "json_invalid"), None)
+    if broken is not None:
+        reason = (broken.get("ctx") or {}).get("error", "invalid JSON")
+        return 400, f"request body is not valid JSON: {reason} (at character {broken['loc'][-1]})"
+    parts = []
+    for problem in problems:
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
+        if not where:
+            parts.append('the request body must be a JSON object such as {"text": "..."}, sent as application/json')
+        else:
+            parts.append(f"{where or 'body'}: {problem.get('msg', 'invalid')}")
+    return 422, "; ".join(parts)
+
+
+def create_app(models: Sequence[str | None] = (None,)) -> FastAPI:
+    """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default)."""
+    allowed = load_allowed(models)
+    served = {
+        model_id: ServedModel(
+            id=model_id,
+            label=handle.label,
+            reason=handle.reason,
+            layers=handle.num_layers,
+            vocab_size=handle.vocab_size,
+            max_tokens=min(MAX_TOKENS, handle.max_tokens),
+        )
+        for model_id, handle in allowed.items()
+    }
+    app = FastAPIOffline(
+        title="attention-encodings",
+        version=__version__,
+        description="Trace every token through every layer of a transformer encoder and measure how its "
+        "representation moves: cosine, rank and neighbour churn.",
+    )
+
+    @lru_cache(maxsize=CACHE_SIZE)
+    def cached(model_id: str, text: str, tap: str, reference: str, top_k: int, neighbours: int) -> Analysis:
+        return analyze(text, allowed[model_id], tap, reference, top_k, neighbours)
+
+    def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
+        model_id = request.model or next(iter(served))
+        if model_id not in served:
+            raise InputError(f"unknown model {model_id!r}; this server runs: {', '.join(served)}")
+        text = request.text
+        if len(text) > MAX_CHARS:
+            raise InputError(f"text is {len(text)} characters long; this server accepts at most {MAX_CHARS}")
+        limit = served[model_id].max_tokens
+        if text.strip() and (count := len(allowed[model_id].tokenizer(text, verbose=False)["input_ids"])) > limit:
+            raise InputError(f"text is {count} tokens long; this server accepts at most {limit} with {served[model_id].label}")
+        return served[model_id], cached(model_id, text, request.tap, request.reference, request.top_k, request.neighbours)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, error: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        status, detail = _validation_detail(error)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/vendor/vega.js", include_in_schema=False)
+    def vega() -> Response:
+        return Response(vega_javascript(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/models", response_model=ServerInfo)
+    def list_models() -> ServerInfo:
+        """The models this server runs (the first is the default), the taps, references, defaults and limits."""
+        return ServerInfo(
+            models=list(served.values()),
+            taps=list(TAPS),
+            references=list(REFERENCES),
+            defaults={"tap": DEFAULT_TAP, "reference": DEFAULT_REFERENCE, "top_k": DEFAULT_TOP_K, "neighbours": DEFAULT_NEIGHBOURS},
+            limits={"max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS, "max_neighbours": MAX_NEIGHBOURS},
+        )
+
+    @app.post("/api/analyze", responses={200: {"description": CONTRACT, "content": {"application/json": {}}}})
+    def analyze_json(request: AnalyzeRequest) -> Response:
+        """Measure every token at every layer; the same JSON as the command line's `--format json`."""
+        return Response(run(request)[1].to_json(), media_type="application/json")
+
+    @app.post("/api/analyze/csv", responses={200: {"content": {"text/csv": {}}}})
+    def analyze_csv(request: AnalyzeRequest) -> Response:
+        """The same analysis as a tidy CSV table, as `--format csv` writes it: a row per (token, layer)."""
+        headers = {"Content-Disposition": 'attachment; filename="attention-encodings.csv"'}
+        return Response(run(request)[1].to_frame().to_csv(index=False), media_type="text/csv", headers=headers)
+
+    @app.post("/api/charts")
+    def chart_specs(request: AnalyzeRequest) -> dict[str, Any]:
+        """Every chart of the analysis as a Vega-Lite spec, with the tokens: what the page draws."""
+        return chart_payload(*run(request))
+
+    return app
+
+
+def serve(models: Sequence[str | None], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False) -> None:
+    """Load the allowed models, then serve the page and the API until interrupted."""
+    app = create_app(models)
+    url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}/"
+    if open_browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    print(f"attention-encodings: serving {url} (API docs at {url}docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,18 @@
+"""Views: the charts of an analysis as Vega-Lite specs, and their export to PNG, SVG, PDF and HTML."""
+
+from .charts import FIGURES, HOVERED, SELECTED, charts, check_figure, default_token, figure
+from .export import FILE_TYPES, check_file_type, save, vega_javascript
+
+__all__ = [
+    "FIGURES",
+    "FILE_TYPES",
+    "HOVERED",
+    "SELECTED",
+    "charts",
+    "check_figure",
+    "check_file_type",
+    "default_token",
+    "figure",
+    "save",
+    "vega_javascript",
+]

@@ -1,0 +1,275 @@
+"""Every chart of an analysis, each defined once as a Vega-Lite spec (through Altair).
+
+The same spec renders in the web page (vega-embed), in a notebook and, through vl-convert, to PNG, SVG,
+PDF or a self-contained HTML file. Which token is selected and which one the pointer is over are Vega
+parameters (`selected`, `hovered`: token indices, -1 for none), so a page changes them with
+`view.signal(...)` and every chart follows without recomputing anything.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from ..analysis import Analysis
+from ..errors import InputError
+
+SELECTED = "selected"
+"""Vega parameter: the index of the selected token."""
+HOVERED = "hovered"
+"""Vega parameter: the index of the token under the pointer, -1 for none."""
+LABELS = "token_labels"
+"""Vega parameter: each token's label (`"2 flies"`), indexed by token index, for titles."""
+MEASURES = ("cosine", "rank", "overlap")
+FIGURES = (*MEASURES, "all")
+"""What `figure()` draws: one measure, or every chart."""
+Figure = Literal["cosine", "rank", "overlap", "all"]
+
+ACCENT = "#d9480f"
+"""The selected token's colour."""
+HOVER = "#1971c2"
+"""The hovered token's colour."""
+MUTED = "#adb5bd"
+FONT = "Inter, 'Segoe UI', Helvetica, Arial, sans-serif"
+LINE_SIZE = {"width": 330, "height": 210}
+
+_IS_SELECTED = f"datum.token_index == {SELECTED}"
+_IS_HOVERED = f"datum.token_index == {HOVERED}"
+_TITLES = {
+    "cosine": "Cosine to the original encoding",
+    "rank": "Rank: vocabulary items closer than the original",
+    "overlap": "Top-{k} neighbours kept from layer l to l+1",
+}
+_FIELDS = {"cosine": "cosine", "rank": "rank", "overlap": "overlap_next"}
+_AXES = {"cosine": "cosine", "rank": "rank (symlog)", "overlap": "neighbours kept"}
+
+
+def check_figure(measure: str) -> str:
+    """Return `measure` if `figure()` can draw it, else raise a one-line `InputError`."""
+    if measure not in FIGURES:
+        raise InputError(f"unknown measure {measure!r}; choose one of: {', '.join(FIGURES)}")
+    return measure
+
+
+def token_label(index: int, text: str) -> str:
+    """How a token is named in charts: its index and its text (`"2 flies"`); blank text is quoted."""
+    return f"{index} {text.strip() or repr(text)}"
+
+
+def default_token(result: Analysis) -> int:
+    """The token selected when none is named: the first that is not special (`Time` in the seed)."""
+    return next((t.index for t in result.tokens if not t.special), result.tokens[0].index)
+
+
+def measures_data(result: Analysis) -> pd.DataFrame:
+    """One row per (token, layer): the three measures, the token's label and the overlap step's name."""
+    frame = result.to_frame()
+    frame["label"] = [token_label(i, t) for i, t in zip(frame.token_index, frame.token)]
+    frame["step"] = frame.layer.astype(str) + "→" + (frame.layer + 1).astype(str)
+    return frame
+
+
+def neighbour_data(result: Analysis) -> pd.DataFrame:
+    """The neighbour table as rows: per (token, layer), the measures, the n nearest items and the token's
+    own place, each with its row name, order, cell text, shade and whether it is the token itself."""
+    near = result.neighbours_frame()
+    ids = np.array([t.id for t in result.tokens])
+    position = {t.index: column for column, t in enumerate(result.tokens)}
+    columns = near.token_index.map(position).to_numpy()
+    near_text = near.neighbour_text.str.strip().mask(lambda s: s == "", near.neighbour_text.map(repr))
+    neighbours = pd.DataFrame(
+        {
+            "token_index": near.token_index,
+            "layer": near.layer,
+            "row": near.neighbour.astype(str),
+            "order": near.neighbour + 2,
+            "text": near_text + "  " + near.cosine.map("{:.2f}".format),
+            "shade": near.cosine,
+            "own": near.neighbour_id.to_numpy() == ids[columns],
+        }
+    )
+    frame = measures_data(result)
+    n = result.neighbour_ids.shape[2]
+    outside = frame[frame["rank"] >= n]
+    own_text = outside.token.str.strip().mask(lambda s: s == "", outside.token.map(repr))
+    summary = [
+        ("cosine", 0, frame.cosine.map("{:.3f}".format), frame),
+        ("rank", 1, frame["rank"].map(str), frame),
+        ("kept→next", 2, frame.overlap_next.map(lambda v: "" if pd.isna(v) else str(v)), frame),
+        ("own", n + 3, own_text + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside),
+    ]
+    rows = [
+        pd.DataFrame(
+            {
+                "token_index": part.token_index,
+                "layer": part.layer,
+                "row": name,
+                "order": order,
+                "text": text,
+                "shade": np.nan,
+                "own": name == "own",
+            }
+        )
+        for name, order, text, part in summary
+    ]
+    return pd.concat([*rows, neighbours], ignore_index=True)
+
+
+def token_params(result: Analysis, token: int | str | None = None) -> list[alt.Parameter]:
+    """The parameters every chart reads: the selected token (default: `default_token`), the hovered one
+    (none) and the token labels."""
+    selected = default_token(result) if token is None else result.token_index(token)
+    labels = [""] * (max(t.index for t in result.tokens) + 1)
+    for t in result.tokens:
+        labels[t.index] = token_label(t.index, t.text)
+    return [
+        alt.param(name=SELECTED, value=selected),
+        alt.param(name=HOVERED, value=-1),
+        alt.param(name=LABELS, value=labels),
+    ]
+
+
+def _title(text: str, note: str = "") -> alt.Title:
+    """A chart title whose second line names the selected token, following the `selected` parameter."""
+    return alt.Title(alt.expr(f"[{text!r}, 'token ' + {LABELS}[{SELECTED}] + {note!r}]"), anchor="start")
+
+
+def _tooltip(field: str, title: str) -> list[alt.Tooltip]:
+    return [alt.Tooltip("label:N", title="token"), alt.Tooltip("layer:O", title="layer"), alt.Tooltip(f"{field}:Q", title=title)]
+
+
+def trajectory_chart(result: Analysis, measure: str, data: pd.DataFrame | None = None) -> alt.LayerChart:
+    """One measure against layer, a line per token: the selected token drawn in colour and labelled,
+    the hovered one in a second colour, the others muted."""
+    field = _FIELDS[measure]
+    frame = measures_data(result) if data is None else data
+    if measure == "overlap":
+        x = alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=alt.Axis(labelAngle=0))
+        y_scale = alt.Scale(domain=[0, result.top_k])
+    else:
+        x = alt.X("layer:Q", title="layer", axis=alt.Axis(values=list(result.layers), format="d"))
+        y_scale = alt.Scale(type="symlog", nice=False) if measure == "rank" else alt.Scale(zero=False)
+    y = alt.Y(f"{field}:Q", title=_AXES[measure], scale=y_scale)
+    base = alt.Chart(frame).encode(x=x, y=y, detail="token_index:N", tooltip=_tooltip(field, measure))
+    if measure == "overlap":
+        base = base.transform_filter(f"isValid(datum.{field})")
+    muted = base.mark_line(color=MUTED, strokeWidth=1.2, opacity=0.55)
+    hovered = base.mark_line(color=HOVER, strokeWidth=2.5).transform_filter(f"{_IS_HOVERED} && !({_IS_SELECTED})")
+    selected = base.transform_filter(_IS_SELECTED)
+    last = selected.transform_window(from_end="row_number()", sort=[alt.SortField("layer", order="descending")])
+    last = last.transform_filter("datum.from_end == 1")
+    return alt.layer(
+        muted,
+        hovered,
+        selected.mark_line(color=ACCENT, strokeWidth=3),
+        selected.mark_point(color=ACCENT, filled=True, size=36),
+        last.mark_text(align="left", dx=7, color=ACCENT, fontWeight="bold", fontSize=12).encode(text="token:N"),
+        title=_title(_TITLES[measure].format(k=result.top_k)),
+        **LINE_SIZE,
+    )
+
+
+def heatmap(result: Analysis, measure: str, data: pd.DataFrame | None = None) -> alt.LayerChart:
+    """Every token × every layer for one measure, as an overview; the selected token's row is outlined."""
+    field = _FIELDS[measure]
+    frame = measures_data(result) if data is None else data
+    x_field = "step" if measure == "overlap" else "layer"
+    schemes = {
+        "cosine": alt.Scale(scheme="viridis"),
+        "rank": alt.Scale(type="symlog", scheme="magma", reverse=True),
+        "overlap": alt.Scale(scheme="viridis", domain=[0, result.top_k]),
+    }
+    base = alt.Chart(frame).encode(
+        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title="layer l → l+1" if measure == "overlap" else "layer",
+                axis=alt.Axis(labelAngle=0)),
+        y=alt.Y(
+            "label:N",
+            sort=alt.SortField("token_index"),
+            title=None,
+            axis=alt.Axis(labelFontWeight=alt.expr(f"datum.value == {LABELS}[{SELECTED}] ? 'bold' : 'normal'")),
+        ),
+    )
+    if measure == "overlap":
+        base = base.transform_filter(f"isValid(datum.{field})")
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{field}:Q", scale=schemes[measure], title=measure, legend=alt.Legend(orient="right")),
+        tooltip=_tooltip(field, measure),
+    )
+    outline = base.mark_rect(fill=None, strokeWidth=2).encode(
+        stroke=alt.condition(_IS_SELECTED, alt.value(ACCENT), alt.value(HOVER)),
+        opacity=alt.condition(f"{_IS_SELECTED} || {_IS_HOVERED}", alt.value(1), alt.value(0)),
+    )
+    rows = len(result.tokens)
+    return alt.layer(
+        cells,
+        outline,
+        title=alt.Title(f"{measure}: every token × layer", anchor="start"),
+        width=22 * len(frame[x_field].unique()),
+        height=max(120, 15 * rows),
+    )
+
+
+def neighbour_table(result: Analysis) -> alt.LayerChart:
+    """The selected token, layer by layer: its three measures, its n nearest vocabulary items with their
+    cosines (its own entry outlined), and its own rank when it falls outside the n."""
+    frame = neighbour_data(result)
+    base = (
+        alt.Chart(frame)
+        .transform_filter(_IS_SELECTED)
+        .encode(
+            x=alt.X("layer:O", title="layer", axis=alt.Axis(orient="top", labelAngle=0, domain=False, ticks=False)),
+            y=alt.Y("row:N", sort=alt.SortField("order"), title=None, axis=alt.Axis(domain=False, ticks=False)),
+        )
+    )
+    cells = base.mark_rect(stroke="white", strokeWidth=1).encode(
+        color=alt.Color("shade:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), legend=None),
+    )
+    summary = base.transform_filter("!isValid(datum.shade)").mark_rect(color="#f1f3f5", stroke="white")
+    own = base.transform_filter("datum.own").mark_rect(fill=None, stroke=ACCENT, strokeWidth=2.5)
+    strong = "datum.own || datum.order < 3"
+    text = base.encode(
+        text="text:N", color=alt.condition("datum.shade > 0.6", alt.value("white"), alt.value("#212529"))
+    )
+    plain = text.transform_filter(f"!({strong})").mark_text(fontSize=11, limit=104)
+    bold = text.transform_filter(strong).mark_text(fontSize=11, limit=104, fontWeight="bold")
+    n = result.neighbour_ids.shape[2]
+    return alt.layer(
+        cells,
+        summary,
+        own,
+        plain,
+        bold,
+        title=_title(f"Nearest {n} vocabulary items per layer", " (its own entry outlined)"),
+        width=108 * len(result.layers),
+        height=18 * (n + 4),
+    )
+
+
+def _with_params(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None) -> alt.TopLevelMixin:
+    return chart.add_params(*token_params(result, token)).configure(font=FONT).configure_view(stroke=None)
+
+
+def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
+    """Every chart, each standalone: `cosine`, `rank`, `overlap` (lines), `cosine_heatmap`,
+    `rank_heatmap`, `overlap_heatmap` and `neighbours` (the table), with `token` selected."""
+    data = measures_data(result)
+    built = {measure: trajectory_chart(result, measure, data) for measure in MEASURES}
+    built |= {f"{measure}_heatmap": heatmap(result, measure, data) for measure in MEASURES}
+    built["neighbours"] = neighbour_table(result)
+    return {name: _with_params(chart, result, token) for name, chart in built.items()}
+
+
+def figure(result: Analysis, measure: Figure = "all", token: int | str | None = None) -> alt.TopLevelMixin:
+    """One figure: a measure's line chart, or (`"all"`) the three line charts, the heatmaps and the
+    neighbour table, with `token` selected."""
+    data = measures_data(result)
+    if check_figure(measure) != "all":
+        chart: alt.TopLevelMixin = trajectory_chart(result, measure, data)
+    else:
+        lines = alt.hconcat(*(trajectory_chart(result, m, data) for m in MEASURES), spacing=30)
+        maps = alt.hconcat(*(heatmap(result, m, data) for m in MEASURES), spacing=40).resolve_scale(color="independent")
+        chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
+    return _with_params(chart, result, token)
