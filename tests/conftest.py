@@ -10,6 +10,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="attention-encodings-hf-home-")
@@ -142,3 +147,41 @@ def run_python(code: str, **env: str | None) -> subprocess.CompletedProcess[byte
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, env=subprocess_env(**env), timeout=600, check=False
     )
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A real uvicorn server on a free loopback port, in a background thread."""
+
+    url: str
+    models: tuple[str, ...]
+
+
+@contextmanager
+def live_server(models: list[str]) -> Iterator[LiveServer]:
+    """Serve `create_app(models)` on 127.0.0.1 until the block ends."""
+    import uvicorn
+
+    from attention_encodings.faces.server import create_app, listen
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(models), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.05)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", tuple(models))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_roberta: Path) -> Iterator[LiveServer]:
+    """One live server for the session, allowed the bundled model (its default) and the tiny RoBERTa."""
+    with live_server(["bundled", str(tiny_roberta)]) as running:
+        yield running

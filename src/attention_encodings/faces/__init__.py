@@ -1,1 +1,1 @@
-"""Faces: the ways people reach the tool (command line, and later web server and notebook)."""
+"""Faces: the ways people reach the tool: the command line, the web server and its page, the notebook display."""

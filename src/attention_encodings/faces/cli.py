@@ -215,7 +215,7 @@ def plot_command(
 @app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the page to the network.")] = DEFAULT_HOST,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
     models: Annotated[
         Optional[list[str]],
         typer.Option(

@@ -9,6 +9,7 @@ The page and the API docs (/docs, /redoc) load nothing from a CDN.
 
 from __future__ import annotations
 
+import socket
 import threading
 import webbrowser
 from collections.abc import Sequence
@@ -216,11 +217,25 @@ def create_app(models: Sequence[str | None] = (None,)) -> FastAPI:
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (0: any free port), or a one-line `InputError` saying why not."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        bound = socket.socket(family, kind, protocol)
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.bind(address)
+    except OSError as error:
+        raise InputError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    return bound
+
+
 def serve(models: Sequence[str | None], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False) -> None:
     """Load the allowed models, then serve the page and the API until interrupted."""
     app = create_app(models)
-    url = f"http://{'127.0.0.1' if host in {'0.0.0.0', '::'} else host}:{port}/"
+    bound = listen(host, port)
+    shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    url = f"http://{shown}:{bound.getsockname()[1]}/"
     if open_browser:
         threading.Timer(1.0, webbrowser.open, [url]).start()
-    print(f"attention-encodings: serving {url} (API docs at {url}docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    print(f"attention-encodings: serving {url} (API docs at {url}docs); Ctrl+C stops", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[bound])

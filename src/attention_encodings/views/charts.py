@@ -54,9 +54,16 @@ def check_figure(measure: str) -> str:
     return measure
 
 
+def readable(text: str) -> str:
+    """A vocabulary item as charts print it: trimmed, or quoted with escapes when it is blank or holds
+    control characters (byte-level vocabularies have them; SVG and PDF cannot carry them)."""
+    trimmed = text.strip()
+    return trimmed if trimmed and trimmed.isprintable() else repr(text)
+
+
 def token_label(index: int, text: str) -> str:
-    """How a token is named in charts: its index and its text (`"2 flies"`); blank text is quoted."""
-    return f"{index} {text.strip() or repr(text)}"
+    """How a token is named in charts: its index and its readable text (`"2 flies"`)."""
+    return f"{index} {readable(text)}"
 
 
 def default_token(result: Analysis) -> int:
@@ -67,7 +74,8 @@ def default_token(result: Analysis) -> int:
 def measures_data(result: Analysis) -> pd.DataFrame:
     """One row per (token, layer): the three measures, the token's label and the overlap step's name."""
     frame = result.to_frame()
-    frame["label"] = [token_label(i, t) for i, t in zip(frame.token_index, frame.token)]
+    frame["token"] = frame.token.map(readable)
+    frame["label"] = frame.token_index.astype(str) + " " + frame.token
     frame["step"] = frame.layer.astype(str) + "→" + (frame.layer + 1).astype(str)
     return frame
 
@@ -79,7 +87,7 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     ids = np.array([t.id for t in result.tokens])
     position = {t.index: column for column, t in enumerate(result.tokens)}
     columns = near.token_index.map(position).to_numpy()
-    near_text = near.neighbour_text.str.strip().mask(lambda s: s == "", near.neighbour_text.map(repr))
+    near_text = near.neighbour_text.map(readable)
     neighbours = pd.DataFrame(
         {
             "token_index": near.token_index,
@@ -94,12 +102,11 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     frame = measures_data(result)
     n = result.neighbour_ids.shape[2]
     outside = frame[frame["rank"] >= n]
-    own_text = outside.token.str.strip().mask(lambda s: s == "", outside.token.map(repr))
     summary = [
         ("cosine", 0, frame.cosine.map("{:.3f}".format), frame),
         ("rank", 1, frame["rank"].map(str), frame),
         ("kept→next", 2, frame.overlap_next.map(lambda v: "" if pd.isna(v) else str(v)), frame),
-        ("own", n + 3, own_text + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside),
+        ("own", n + 3, outside.token + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside),
     ]
     rows = [
         pd.DataFrame(

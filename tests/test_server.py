@@ -1,0 +1,241 @@
+"""The JSON API: good requests give the CLI's contract; every bad one is a 4xx with one line of detail."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import CORPUS, SEED, live_server, subprocess_env
+from fastapi.testclient import TestClient
+
+from attention_encodings import analyze, load_model
+from attention_encodings.faces import server as server_module
+from attention_encodings.faces.cli import main
+from attention_encodings.faces.server import MAX_CHARS, MAX_TOKENS, create_app, listen, load_allowed
+
+
+@pytest.fixture(scope="module")
+def client(tiny_roberta):
+    return TestClient(create_app(["bundled", str(tiny_roberta)]))
+
+
+def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta):
+    info = client.get("/api/models").json()
+    assert [m["id"] for m in info["models"]] == ["bundled", str(tiny_roberta)]
+    bundled = info["models"][0]
+    assert bundled["label"] == "all-MiniLM-L6-v2 (bundled)" and bundled["reason"] == "named explicitly"
+    assert bundled["layers"] == 6 and bundled["vocab_size"] == 30522 and bundled["max_tokens"] == MAX_TOKENS
+    assert info["models"][1]["max_tokens"] == 38  # the tiny model's own limit is lower than the server's
+    assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
+    assert info["defaults"] == {"tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15}
+
+
+def test_default_server_offers_the_default_resolution():
+    info = TestClient(create_app()).get("/api/models").json()
+    (model,) = info["models"]
+    assert model["id"] == "default" and "bundled" in model["label"]
+    assert model["reason"].startswith("offline default, because roberta-base is not in the HF cache")
+
+
+def test_analyze_returns_the_cli_contract(client, bundled):
+    response = client.post("/api/analyze", json={"text": SEED})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.json() == json.loads(analyze(SEED, bundled).to_json())
+
+
+def test_analyze_mirrors_every_argument(client, tiny_roberta):
+    body = {"text": CORPUS[1], "model": str(tiny_roberta), "tap": "attn_ln", "reference": "word", "top_k": 7, "neighbours": 3}
+    data = client.post("/api/analyze", json=body).json()
+    expected = analyze(CORPUS[1], load_model(str(tiny_roberta)), "attn_ln", "word", 7, 3)
+    assert data == json.loads(expected.to_json())
+    assert (data["tap"], data["reference"], data["top_k"], len(data["neighbours"][0][0])) == ("attn_ln", "word", 7, 3)
+
+
+def test_csv_is_the_tidy_table(client, bundled):
+    response = client.post("/api/analyze/csv", json={"text": SEED, "tap": "resid_post"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    frame = pd.read_csv(io.StringIO(response.text))
+    expected = analyze(SEED, bundled, tap="resid_post").to_frame()
+    assert list(frame.columns) == list(expected.columns) and len(frame) == len(expected)
+    assert frame.cosine.to_numpy() == pytest.approx(expected.cosine.to_numpy(), abs=1e-6)
+
+
+def test_charts_carry_every_spec_and_its_data_once(client):
+    payload = client.post("/api/charts", json={"text": SEED}).json()
+    assert set(payload["charts"]) == {
+        "cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"
+    }
+    assert payload["selected"] == 1 and payload["tokens"][8]["text"] == "flies"
+    assert payload["model"]["label"] == "all-MiniLM-L6-v2 (bundled)"
+    for spec in payload["charts"].values():
+        assert "datasets" not in spec and spec["data"]["name"] in payload["datasets"]
+        assert {p["name"] for p in spec["params"]} == {"selected", "hovered", "token_labels"}
+    assert len(payload["datasets"]) == 2  # the measures, shared by six charts, and the neighbour table
+
+
+def _one_line(response: httpx.Response, status: int, message: str) -> None:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail and message in detail, detail
+
+
+BAD = [
+    ({"text": ""}, 422, "text is empty"),
+    ({"text": " \n "}, 422, "text is empty"),
+    ({"text": "a" * (MAX_CHARS + 1)}, 422, f"accepts at most {MAX_CHARS}"),
+    ({"text": " ".join([SEED] * 12)}, 422, f"accepts at most {MAX_TOKENS} with all-MiniLM-L6-v2"),
+    ({"text": " ".join([SEED] * 3), "model": "{tiny}"}, 422, "accepts at most 38 with"),
+    ({"text": SEED, "model": "roberta-base"}, 422, "unknown model 'roberta-base'; this server runs: bundled"),
+    ({"text": SEED, "model": "/etc"}, 422, "unknown model '/etc'"),
+    ({"text": SEED, "tap": "resid_pre"}, 422, "tap: Input should be 'resid_mid', 'attn_ln' or 'resid_post'"),
+    ({"text": SEED, "reference": "unembed"}, 422, "reference: Input should be 'embedding' or 'word'"),
+    ({"text": SEED, "top_k": 0}, 422, "top_k: Input should be greater than or equal to 1"),
+    ({"text": SEED, "top_k": 100_000}, 422, "top_k must be at least 1 and at most the vocabulary size, 30522"),
+    ({"text": SEED, "top_k": "5"}, 422, "top_k: Input should be a valid integer"),
+    ({"text": SEED, "top_k": 2.5}, 422, "top_k: Input should be a valid integer"),
+    ({"text": SEED, "neighbours": 51}, 422, "neighbours: Input should be less than or equal to 50"),
+    ({"text": SEED, "neighbours": -1}, 422, "neighbours: Input should be greater than or equal to 0"),
+    ({"text": 42}, 422, "text: Input should be a valid string"),
+    ({"tap": "resid_mid"}, 422, "text: Field required"),
+    ({"text": SEED, "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
+    ([SEED], 422, "the request body must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("path", ["/api/analyze", "/api/analyze/csv", "/api/charts"])
+@pytest.mark.parametrize(("body", "status", "message"), BAD, ids=[case[2][:40] for case in BAD])
+def test_bad_requests_are_one_line_4xx(client, tiny_roberta, path, body, status, message):
+    if isinstance(body, dict) and body.get("model") == "{tiny}":
+        body = {**body, "model": str(tiny_roberta)}
+    _one_line(client.post(path, json=body), status, message)
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "status", "message"),
+    [
+        ('{"text": "Time flies",', {"Content-Type": "application/json"}, 400, "request body is not valid JSON"),
+        ("", {"Content-Type": "application/json"}, 422, "the request body must be a JSON object"),
+        ("text=Time+flies", {"Content-Type": "application/x-www-form-urlencoded"}, 422, "sent as application/json"),
+    ],
+)
+def test_malformed_bodies(client, content, headers, status, message):
+    _one_line(client.post("/api/analyze", content=content, headers=headers), status, message)
+
+
+def test_no_request_can_load_a_model(client, monkeypatch):
+    def refuse(name=None):
+        raise AssertionError(f"a request tried to load {name!r}")
+
+    monkeypatch.setattr(server_module, "load_model", refuse)
+    for name in ("roberta-base", "/etc", "../models", "bundled"):
+        client.post("/api/analyze", json={"text": SEED, "model": name})
+
+
+def test_page_vega_and_docs_need_no_cdn(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/vendor/vega.js" in page.text and "//" not in page.text  # no external URL
+    vega = client.get("/vendor/vega.js")
+    assert vega.status_code == 200 and "vegaEmbed" in vega.text and vega.headers["content-type"].startswith("text/javascript")
+    for path in ("/docs", "/redoc"):
+        html = client.get(path).text
+        assert "cdn" not in html and "fonts.googleapis" not in html and "/static-offline-docs/" in html
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/models"} <= set(schema["paths"])
+    fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours"}
+
+
+def test_models_are_loaded_once_and_shared(bundled):
+    assert load_allowed(["bundled"])["bundled"].model is bundled.model
+    assert create_app(["bundled"]) is not create_app(["bundled"])  # apps differ; the weights do not
+
+
+def test_concurrent_requests_equal_serial_ones(server, tiny_roberta):
+    bodies = [{"text": text} for text in CORPUS] + [
+        {"text": SEED, "tap": tap, "model": str(tiny_roberta), "top_k": 9} for tap in ("resid_mid", "attn_ln", "resid_post")
+    ] + [{"text": CORPUS[2], "tap": "resid_post", "reference": "word", "neighbours": 4}]
+
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+
+        def post(body: dict) -> dict:
+            response = http.post("/api/analyze", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            parallel = list(pool.map(post, bodies))
+    serial_client = TestClient(create_app(["bundled", str(tiny_roberta)]))  # a fresh app: nothing cached
+    serial = [serial_client.post("/api/analyze", json=body).json() for body in bodies]
+    assert parallel == serial
+
+
+def test_model_work_never_blocks_the_event_loop(monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real = server_module.analyze
+
+    def slow(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "analyze", slow)
+    with live_server(["bundled"]) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(http.post, "/api/analyze", json={"text": "Time is an illusion."})
+            assert started.wait(30)
+            # the analysis is stuck in the thread pool; the server still answers at once
+            assert http.get("/api/models", timeout=5).status_code == 200
+            release.set()
+            assert pending.result().status_code == 200
+
+
+def test_serve_command_starts_a_server_a_user_can_reach():
+    """`attention-encodings serve` as a user runs it: no --models means the default model resolution."""
+    with listen("127.0.0.1", 0) as probe:
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "attention_encodings", "serve", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        line = process.stdout.readline().decode()
+        assert line.startswith(f"attention-encodings: serving http://127.0.0.1:{port}/"), process.stderr.read()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            (model,) = http.get("/api/models").json()["models"]
+            assert model["id"] == "default" and "bundled" in model["label"]
+            tokens = http.post("/api/analyze", json={"text": SEED}).json()["tokens"]
+            assert tokens[8]["text"] == "flies"
+            assert "/vendor/vega.js" in http.get("/").text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--models", "./no-such-folder"], "error: no model directory at './no-such-folder'"),
+        (["--models", "bundled", "--port", "70000"], "error: Invalid value for '--port'"),
+        (["--models", "bundled", "--host", "no-such-host.invalid"], "error: cannot listen on no-such-host.invalid:8000"),
+    ],
+)
+def test_serve_errors_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and err.splitlines()[-1].startswith(message) and "Traceback" not in err, err
+
+
+def test_serve_refuses_a_port_in_use(capsys):
+    with listen("127.0.0.1", 0) as taken:
+        taken.listen()
+        with pytest.raises(SystemExit):
+            main(["serve", "--models", "bundled", "--port", str(taken.getsockname()[1])])
+    assert "Address already in use" in capsys.readouterr().err.splitlines()[-1]

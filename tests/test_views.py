@@ -1,0 +1,155 @@
+"""The charts: one spec each, driven by the `selected`/`hovered` parameters, exported to valid files
+(from Python and from `attention-encodings plot`), and shown in a notebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import SEED, run_cli
+from pypdf import PdfReader
+
+from attention_encodings import InputError, analyze
+from attention_encodings.faces.cli import main
+from attention_encodings.views import FIGURES, charts, check_file_type, default_token, figure, save
+from attention_encodings.views.charts import neighbour_data, readable
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def seed_result(bundled):
+    return analyze(SEED, bundled)
+
+
+def _params(spec: dict) -> dict:
+    return {p["name"]: p.get("value") for p in spec["params"]}
+
+
+def test_every_chart_is_one_spec_with_the_token_parameters(seed_result):
+    built = charts(seed_result, token="banana")
+    assert list(built) == ["cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"]
+    for name, chart in built.items():
+        spec = chart.to_dict()
+        params = _params(spec)
+        assert params["selected"] == 11 and params["hovered"] == -1, name
+        assert params["token_labels"][8] == "8 flies" and len(params["token_labels"]) == len(seed_result.tokens)
+    rank = built["rank"].to_dict()
+    assert any(layer["encoding"]["y"].get("scale", {}).get("type") == "symlog" for layer in rank["layer"])
+
+
+def test_default_token_is_the_first_ordinary_one(seed_result):
+    assert default_token(seed_result) == 1  # "time", after [CLS]
+    assert _params(charts(seed_result)["cosine"].to_dict())["selected"] == 1
+
+
+def test_neighbour_table_marks_the_token_and_shows_its_rank_when_outside(seed_result):
+    table = neighbour_data(seed_result)
+    n = seed_result.neighbour_ids.shape[2]
+    near = table[table.order > 2]
+    listed = near[near.row != "own"]
+    assert len(listed) == seed_result.neighbour_ids.size
+    own_listed = set(zip(listed[listed.own].token_index, listed[listed.own].layer))
+    outside = table[table.row == "own"]
+    ranks = seed_result.to_frame()
+    assert set(zip(outside.token_index, outside.layer)) == set(
+        zip(ranks[ranks["rank"] >= n].token_index, ranks[ranks["rank"] >= n].layer)
+    )
+    assert outside.text.str.contains("#").all()
+    assert (13, 6) in set(zip(outside.token_index, outside.layer))  # [SEP] at the last layer, rank 59
+    assert (8, 6) in own_listed and (13, 6) not in own_listed
+    first = listed[(listed.token_index == 8) & (listed.layer == 6) & (listed.row == "1")].text.item()
+    top = seed_result.neighbours(6, 8)[0]
+    assert first == f"{top.text}  {top.cosine:.2f}"
+
+
+def test_figures_and_bad_names(seed_result):
+    for measure in FIGURES:
+        assert figure(seed_result, measure, 8).to_dict()["params"][0]["value"] == 8
+    with pytest.raises(InputError, match="unknown measure 'churn'"):
+        figure(seed_result, "churn")
+    with pytest.raises(InputError, match="no token matches 'zebra'"):
+        figure(seed_result, token="zebra")
+    with pytest.raises(InputError, match=r"cannot save a figure as a \.gif file"):
+        check_file_type(Path("chart.gif"))
+
+
+def test_saved_figures_are_valid_and_name_the_token(seed_result, tmp_path):
+    chart = figure(seed_result, "all", "banana")
+    for suffix in (".png", ".pdf", ".html"):
+        save(chart, tmp_path / f"all{suffix}")
+    png = (tmp_path / "all.png").read_bytes()
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert png.startswith(PNG_MAGIC) and width > 1500 and height > 1000  # drawn at twice the size
+    pdf = PdfReader(tmp_path / "all.pdf")
+    assert "token 11 banana" in pdf.pages[0].extract_text()
+    html = (tmp_path / "all.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "11 banana" in html and "vegaEmbed" in html
+    assert "cdn.jsdelivr" not in html and '<script src="http' not in html  # works offline
+
+
+def test_control_characters_are_escaped_for_svg_and_pdf(tiny_roberta, tmp_path):
+    assert [readable(t) for t in (" flies", "\x03", " ", "é")] == ["flies", "'\\x03'", "' '", "é"]
+    result = analyze(SEED, str(tiny_roberta), neighbours=40)
+    assert any(not str(t).strip().isprintable() for t in result.neighbour_texts.ravel())  # byte-level pieces
+    for suffix in (".svg", ".pdf"):  # vl-convert aborts the process on a control character in text
+        save(figure(result), tmp_path / f"all{suffix}")
+    assert "\\x" in (tmp_path / "all.svg").read_text()
+
+
+def test_plot_writes_an_svg(tiny_roberta, tmp_path):
+    target = tmp_path / "cosine.svg"
+    done = run_cli("plot", SEED, "--model", str(tiny_roberta), "--token", "3", "--measure", "cosine", "--out", str(target))
+    assert done.returncode == 0, done.stderr.decode()
+    svg = target.read_text()
+    label = svg.split("token 3 ")[1].split("<")[0]
+    assert svg.startswith("<svg") and "Cosine to the original encoding" in svg and label.strip()
+    assert "wrote" in done.stderr.decode() and done.stdout == b""
+
+
+def test_plot_on_the_bundled_model(tmp_path):
+    target = tmp_path / "flies.pdf"
+    done = run_cli("plot", SEED, "--model", "bundled", "--token", "8", "--measure", "rank", "-o", str(target))
+    assert done.returncode == 0, done.stderr.decode()
+    text = PdfReader(target).pages[0].extract_text()
+    assert "token 8 flies" in text and "rank (symlog)" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{tmp}/chart.gif"], "cannot save a figure as a .gif file"),
+        (["--out", "{tmp}/chart"], "cannot save a figure as a file without an extension"),
+        (["--out", "{tmp}/chart.png", "--measure", "churn"], "unknown measure 'churn'"),
+        (["--out", "{tmp}/chart.png", "--token", "zebra", "--model", "{tiny}"], "no token matches 'zebra'"),
+        ([], "Missing option '--out'"),
+    ],
+)
+def test_plot_errors_are_one_line(args, message, tmp_path, tiny_roberta, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)).replace("{tiny}", str(tiny_roberta)) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", SEED, *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_to_an_unwritable_place_is_one_line(tmp_path, tiny_roberta):
+    done = run_cli("plot", SEED, "--model", str(tiny_roberta), "--out", str(tmp_path / "missing" / "chart.png"))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines()[-1] == f"error: cannot write {tmp_path / 'missing' / 'chart.png'}: No such file or directory"
+
+
+def test_an_analysis_displays_as_its_charts_in_ipython(seed_result):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from attention_encodings.faces import notebook
+
+    shell = InteractiveShell.instance()
+    try:
+        assert notebook.register()
+        data, _ = shell.display_formatter.format(seed_result)
+        assert "text/html" in data and "vegaEmbed" in data["text/html"] and "1 time" in data["text/html"]
+    finally:
+        InteractiveShell.clear_instance()

@@ -1,0 +1,243 @@
+"""The page, end to end, in real headless Chromium (Debian's, at /usr/bin/chromium) through Playwright.
+
+Every request the page makes is recorded; one to anywhere but the test server fails the test, so the page
+is proven to work offline. A screenshot of each test's final page is kept under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+import pytest
+from conftest import SEED
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from attention_encodings import analyze
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT_MS = 60_000
+ACCENT = "#d9480f"
+HOVER = "#1971c2"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, server, request) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+
+    def only_the_test_server(route):
+        if route.request.url.startswith(server.url) or route.request.url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_test_server)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    yield opened
+    ARTIFACTS.mkdir(exist_ok=True)
+    opened.screenshot(path=ARTIFACTS / f"{request.node.name}.png", full_page=True)
+    context.close()
+    assert outside == [], f"the page reached outside the server: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+
+
+def open_page(page: Page, url: str) -> None:
+    """Load the page and wait until its first analysis is drawn."""
+    with page.expect_response("**/api/charts"):
+        page.goto(url)
+    settle(page)
+
+
+def settle(page: Page) -> None:
+    page.wait_for_function("!document.body.classList.contains('busy')")
+    page.locator("figure[data-chart=neighbours] svg").wait_for()
+
+
+def analyse(page: Page) -> None:
+    with page.expect_response("**/api/charts"):
+        page.click("#analyse")
+    settle(page)
+
+
+def chart_text(page: Page, name: str) -> str:
+    """Every text in one chart's SVG, a line each."""
+    return "\n".join(page.locator(f"figure[data-chart={name}] svg text").all_text_contents())
+
+
+def cosine_row(page: Page) -> list[str]:
+    """The cosine row of the neighbour table, layer by layer (its only cells with three decimals)."""
+    texts = page.locator("figure[data-chart=neighbours] svg g.mark-text text").all_text_contents()
+    return [t for t in texts if re.fullmatch(r"-?\d\.\d{3}", t)]
+
+
+def test_page_analyses_a_typed_sentence(page, server, bundled):
+    open_page(page, server.url)
+    assert page.input_value("#text") == SEED
+    assert "all-MiniLM-L6-v2 (bundled)" in page.inner_text("#model-line")
+    assert "named explicitly" in page.inner_text("#model-line")
+    text = "The quick brown fox jumps over the lazy dog."
+    page.fill("#text", text)
+    analyse(page)
+    chips = page.locator(".chip").all_inner_texts()
+    assert [c.split("\n")[-1].strip() for c in chips[:5]] == ["[CLS]", "the", "quick", "brown", "fox"]
+    assert page.locator(".chip.selected").inner_text().endswith("the")
+    assert "token 1 the" in chart_text(page, "cosine") and "token 1 the" in chart_text(page, "neighbours")
+    assert "text=The+quick+brown+fox" in page.url and "token=1" in page.url
+
+
+def test_clicking_a_token_changes_charts_and_table_without_a_request(page, server, bundled):
+    open_page(page, server.url)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.click(".chip[data-index='8']")
+    page.wait_for_function("document.querySelector('figure[data-chart=neighbours] svg').textContent.includes('token 8 flies')")
+    assert "selected" in page.get_attribute(".chip[data-index='8']", "class")
+    for name in ("cosine", "rank", "overlap", "neighbours"):
+        assert "token 8 flies" in chart_text(page, name)
+    expected = analyze(SEED, bundled)
+    assert cosine_row(page) == [f"{v:.3f}" for v in expected.cosine.values[:, 8]]
+    last = expected.neighbours(6, 8)[1]
+    assert f"{last.text}  {last.cosine:.2f}" in chart_text(page, "neighbours")
+    assert "token=8" in page.url and requests == []
+    # the highlighted line is the selected token's: its label at the line's end names it
+    assert page.locator(f"figure[data-chart=cosine] path[stroke='{ACCENT}']").count() == 1
+
+
+def test_hovering_a_token_highlights_it_in_every_chart(page, server):
+    open_page(page, server.url)
+    assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() == 0
+    page.hover(".chip[data-index='4']")
+    page.wait_for_function(f"document.querySelectorAll(\"figure[data-chart=cosine] path[stroke='{HOVER}']\").length > 0")
+    assert "hovered" in page.get_attribute(".chip[data-index='4']", "class")
+    for name in ("rank", "overlap", "cosine_heatmap"):
+        assert page.locator(f"figure[data-chart={name}] path[stroke='{HOVER}']").count() > 0, name
+    page.hover("h1")
+    page.wait_for_function(f"document.querySelectorAll(\"figure[data-chart=cosine] path[stroke='{HOVER}']\").length == 0")
+    # hovering a token's row in a heatmap highlights it everywhere too
+    cell = page.locator("figure[data-chart=cosine_heatmap] svg g.mark-rect path").nth(21)  # layer 1, token 7
+    cell.scroll_into_view_if_needed()
+    box = cell.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("document.querySelector('.chip.hovered') !== null")
+    assert page.locator(".chip.hovered").get_attribute("data-index") == "7"
+    assert page.locator(f"figure[data-chart=rank] path[stroke='{HOVER}']").count() > 0
+
+
+def test_switching_the_tap_changes_the_numbers(page, server, bundled):
+    open_page(page, f"{server.url}/#token=2")
+    before = cosine_row(page)
+    assert before == [f"{v:.3f}" for v in analyze(SEED, bundled).cosine.values[:, 2]]
+    with page.expect_response("**/api/charts"):
+        page.select_option("#tap", "resid_post")
+    settle(page)
+    page.wait_for_function("document.querySelector('figure[data-chart=neighbours] svg').textContent.includes('token 2 flies')")
+    after = cosine_row(page)
+    assert after != before
+    assert after == [f"{v:.3f}" for v in analyze(SEED, bundled, tap="resid_post").cosine.values[:, 2]]
+    assert "tap=resid_post" in page.url and "token=2" in page.url
+
+
+def test_downloads_csv_json_and_charts(page, server, bundled, tmp_path):
+    open_page(page, f"{server.url}/#tap=attn_ln&top_k=50")
+    with page.expect_download() as csv_download:
+        page.click("[data-download=csv]")
+    csv_path = tmp_path / "analysis.csv"
+    csv_download.value.save_as(csv_path)
+    assert csv_download.value.suggested_filename == "attention-encodings-time-flies-like-an.csv"
+    frame = pd.read_csv(csv_path)
+    expected = analyze(SEED, bundled, tap="attn_ln", top_k=50).to_frame()
+    assert list(frame.columns) == list(expected.columns) and len(frame) == len(expected)
+    assert frame.token.tolist() == expected.token.tolist()
+    assert frame.overlap_next.dropna().astype(int).tolist() == expected.overlap_next.dropna().astype(int).tolist()
+
+    with page.expect_download() as json_download:
+        page.click("[data-download=json]")
+    data = json.loads(Path(json_download.value.path()).read_text())
+    assert (data["tap"], data["top_k"]) == ("attn_ln", 50) and len(data["tokens"]) == 14
+
+    figure = page.locator("figure[data-chart=rank]")
+    with page.expect_download() as png:
+        figure.locator("[data-chart-download=png]").click()
+    assert Path(png.value.path()).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with page.expect_download() as svg:
+        figure.locator("[data-chart-download=svg]").click()
+    assert svg.value.suggested_filename.endswith("-rank-1.svg")
+    assert "token 1 time" in Path(svg.value.path()).read_text()
+
+
+def test_the_url_restores_the_whole_view(page, server):
+    text = "Fruit flies like a banana."
+    open_page(page, f"{server.url}/#text={quote(text)}&tap=attn_ln&reference=word&top_k=20&neighbours=5&token=2")
+    assert page.input_value("#text") == text
+    assert (page.input_value("#tap"), page.input_value("#reference")) == ("attn_ln", "word")
+    assert (page.input_value("#top_k"), page.input_value("#neighbours")) == ("20", "5")
+    assert page.locator(".chip.selected").inner_text().endswith("flies")
+    assert "Nearest 5 vocabulary items" in chart_text(page, "neighbours")
+    assert "Top-20 neighbours kept" in chart_text(page, "overlap")
+
+
+def test_switching_the_model(page, server, tiny_roberta):
+    open_page(page, server.url)
+    with page.expect_response("**/api/charts"):
+        page.select_option("#model", str(tiny_roberta))
+    settle(page)
+    assert "3 layers" in page.inner_text("#model-line") and "local directory" in page.inner_text("#model-line")
+    assert page.locator(".chip").first.inner_text().endswith("<s>")
+
+
+def test_errors_show_inline(page, server):
+    open_page(page, server.url)
+    page.fill("#text", "   ")
+    with page.expect_response("**/api/charts"):
+        page.click("#analyse")
+    page.locator("#error").wait_for()
+    assert page.inner_text("#error") == "Could not analyse: text is empty; give a sentence to analyse"
+    page.fill("#text", SEED)
+    analyse(page)
+    assert page.locator("#error").is_hidden()
+
+
+def test_api_docs_work_offline(page, server):
+    page.goto(f"{server.url}/docs")
+    page.locator(".opblock-summary-path[data-path='/api/analyze']").wait_for()
+    assert "attention-encodings" in page.inner_text(".swagger-ui .info")
+    paths = page.locator(".opblock-summary-path").evaluate_all("nodes => nodes.map(n => n.dataset.path)")
+    assert sorted(paths) == ["/api/analyze", "/api/analyze/csv", "/api/charts", "/api/models"]
+
+
+def test_readme_screenshot(page, server):
+    """The screenshot the README shows (copied to docs/ by hand): the seed, second "flies" selected."""
+    open_page(page, f"{server.url}/#token=8")
+    page.hover(".chip[data-index='2']")
+    page.wait_for_function(f"document.querySelectorAll(\"figure[data-chart=cosine] path[stroke='{HOVER}']\").length > 0")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "demo.png", full_page=True)
+    png = (ARTIFACTS / "demo.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 1440
