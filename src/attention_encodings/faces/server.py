@@ -104,9 +104,6 @@ def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
         datasets.update(spec.pop("datasets", {}))
     return {
         "model": model.model_dump(),
-        "tap": result.tap,
-        "reference": result.reference,
-        "top_k": result.top_k,
         "tokens": [token.__dict__ for token in result.tokens],
         "selected": default_token(result),
         "charts": specs,

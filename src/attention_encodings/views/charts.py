@@ -189,9 +189,9 @@ def heatmap(result: Analysis, measure: str, data: pd.DataFrame | None = None) ->
         "rank": alt.Scale(type="symlog", scheme="magma", reverse=True),
         "overlap": alt.Scale(scheme="viridis", domain=[0, result.top_k]),
     }
+    x_title = "layer l → l+1" if measure == "overlap" else "layer"
     base = alt.Chart(frame).encode(
-        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title="layer l → l+1" if measure == "overlap" else "layer",
-                axis=alt.Axis(labelAngle=0)),
+        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title=x_title, axis=alt.Axis(labelAngle=0)),
         y=alt.Y(
             "label:N",
             sort=alt.SortField("token_index"),
