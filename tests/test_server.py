@@ -81,6 +81,15 @@ def test_charts_carry_every_spec_and_its_data_once(client):
     assert len(payload["datasets"]) == 2  # the measures, shared by six charts, and the neighbour table
 
 
+def test_charts_for_the_longest_text_allowed(client):
+    """Tens of thousands of table cells: past Altair's default 5,000-row guard, which named datasets avoid."""
+    payload = client.post("/api/charts", json={"text": "Time flies like an arrow. " * 21}).json()
+    assert len(payload["tokens"]) == MAX_TOKENS
+    assert len(payload["datasets"]["neighbours"]) == 7 * MAX_TOKENS * (15 + 3) + sum(
+        row["row"] == "own" for row in payload["datasets"]["neighbours"]
+    )
+
+
 def _one_line(response: httpx.Response, status: int, message: str) -> None:
     assert response.status_code == status, response.text
     detail = response.json()["detail"]

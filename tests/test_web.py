@@ -6,7 +6,6 @@ is proven to work offline. A screenshot of each test's final page is kept under 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterator

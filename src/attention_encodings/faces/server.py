@@ -230,6 +230,7 @@ def serve(models: Sequence[str | None], host: str = DEFAULT_HOST, port: int = DE
     """Load the allowed models, then serve the page and the API until interrupted."""
     app = create_app(models)
     bound = listen(host, port)
+    vega_javascript()  # built once (about a second) before the first page asks for it
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     url = f"http://{shown}:{bound.getsockname()[1]}/"
     if open_browser:

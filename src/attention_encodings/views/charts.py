@@ -8,7 +8,8 @@ parameters (`selected`, `hovered`: token indices, -1 for none), so a page change
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Any, Literal
 
 import altair as alt
 import numpy as np
@@ -35,6 +36,11 @@ HOVER = "#1971c2"
 MUTED = "#adb5bd"
 FONT = "Inter, 'Segoe UI', Helvetica, Arial, sans-serif"
 LINE_SIZE = {"width": 330, "height": 210}
+
+MEASURES_DATA = "measures"
+"""Named dataset: one row per (token, layer), see `measures_data`."""
+NEIGHBOURS_DATA = "neighbours"
+"""Named dataset: the neighbour table's cells, see `neighbour_data`."""
 
 _IS_SELECTED = f"datum.token_index == {SELECTED}"
 _IS_HOVERED = f"datum.token_index == {HOVERED}"
@@ -148,11 +154,15 @@ def _tooltip(field: str, title: str) -> list[alt.Tooltip]:
     return [alt.Tooltip("label:N", title="token"), alt.Tooltip("layer:O", title="layer"), alt.Tooltip(f"{field}:Q", title=title)]
 
 
-def trajectory_chart(result: Analysis, measure: str, data: pd.DataFrame | None = None) -> alt.LayerChart:
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """A frame as JSON-ready rows (missing values as null), for a chart's named dataset."""
+    return json.loads(frame.to_json(orient="records"))
+
+
+def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
-    the hovered one in a second colour, the others muted."""
+    the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
     field = _FIELDS[measure]
-    frame = measures_data(result) if data is None else data
     if measure == "overlap":
         x = alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=alt.Axis(labelAngle=0))
         y_scale = alt.Scale(domain=[0, result.top_k])
@@ -160,7 +170,7 @@ def trajectory_chart(result: Analysis, measure: str, data: pd.DataFrame | None =
         x = alt.X("layer:Q", title="layer", axis=alt.Axis(values=list(result.layers), format="d"))
         y_scale = alt.Scale(type="symlog", nice=False) if measure == "rank" else alt.Scale(zero=False)
     y = alt.Y(f"{field}:Q", title=_AXES[measure], scale=y_scale)
-    base = alt.Chart(frame).encode(x=x, y=y, detail="token_index:N", tooltip=_tooltip(field, measure))
+    base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(x=x, y=y, detail="token_index:N", tooltip=_tooltip(field, measure))
     if measure == "overlap":
         base = base.transform_filter(f"isValid(datum.{field})")
     muted = base.mark_line(color=MUTED, strokeWidth=1.2, opacity=0.55)
@@ -179,10 +189,10 @@ def trajectory_chart(result: Analysis, measure: str, data: pd.DataFrame | None =
     )
 
 
-def heatmap(result: Analysis, measure: str, data: pd.DataFrame | None = None) -> alt.LayerChart:
-    """Every token × every layer for one measure, as an overview; the selected token's row is outlined."""
+def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
+    """Every token × every layer for one measure, as an overview; the selected token's row is outlined.
+    Reads the `measures` dataset."""
     field = _FIELDS[measure]
-    frame = measures_data(result) if data is None else data
     x_field = "step" if measure == "overlap" else "layer"
     schemes = {
         "cosine": alt.Scale(scheme="viridis"),
@@ -190,7 +200,7 @@ def heatmap(result: Analysis, measure: str, data: pd.DataFrame | None = None) ->
         "overlap": alt.Scale(scheme="viridis", domain=[0, result.top_k]),
     }
     x_title = "layer l → l+1" if measure == "overlap" else "layer"
-    base = alt.Chart(frame).encode(
+    base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
         x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title=x_title, axis=alt.Axis(labelAngle=0)),
         y=alt.Y(
             "label:N",
@@ -214,17 +224,17 @@ def heatmap(result: Analysis, measure: str, data: pd.DataFrame | None = None) ->
         cells,
         outline,
         title=alt.Title(f"{measure}: every token × layer", anchor="start"),
-        width=22 * len(frame[x_field].unique()),
+        width=22 * len(result.overlap.layers if measure == "overlap" else result.layers),
         height=max(120, 15 * rows),
     )
 
 
 def neighbour_table(result: Analysis) -> alt.LayerChart:
     """The selected token, layer by layer: its three measures, its n nearest vocabulary items with their
-    cosines (its own entry outlined), and its own rank when it falls outside the n."""
-    frame = neighbour_data(result)
+    cosines (its own entry outlined), and its own rank when it falls outside the n. Reads the `neighbours`
+    dataset."""
     base = (
-        alt.Chart(frame)
+        alt.Chart(alt.NamedData(NEIGHBOURS_DATA))
         .transform_filter(_IS_SELECTED)
         .encode(
             x=alt.X("layer:O", title="layer", axis=alt.Axis(orient="top", labelAngle=0, domain=False, ticks=False)),
@@ -255,28 +265,32 @@ def neighbour_table(result: Analysis) -> alt.LayerChart:
     )
 
 
-def _with_params(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None) -> alt.TopLevelMixin:
-    return chart.add_params(*token_params(result, token)).configure(font=FONT).configure_view(stroke=None)
+def _finish(
+    chart: alt.TopLevelMixin, result: Analysis, token: int | str | None, datasets: dict[str, list[dict[str, Any]]]
+) -> alt.TopLevelMixin:
+    """A chart ready to render: its datasets, the token parameters and the shared look."""
+    params = token_params(result, token)
+    return chart.properties(datasets=datasets).add_params(*params).configure(font=FONT).configure_view(stroke=None)
 
 
 def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
     """Every chart, each standalone: `cosine`, `rank`, `overlap` (lines), `cosine_heatmap`,
     `rank_heatmap`, `overlap_heatmap` and `neighbours` (the table), with `token` selected."""
-    data = measures_data(result)
-    built = {measure: trajectory_chart(result, measure, data) for measure in MEASURES}
-    built |= {f"{measure}_heatmap": heatmap(result, measure, data) for measure in MEASURES}
-    built["neighbours"] = neighbour_table(result)
-    return {name: _with_params(chart, result, token) for name, chart in built.items()}
+    measures = {MEASURES_DATA: records(measures_data(result))}
+    built = {measure: _finish(trajectory_chart(result, measure), result, token, measures) for measure in MEASURES}
+    built |= {f"{m}_heatmap": _finish(heatmap(result, m), result, token, measures) for m in MEASURES}
+    table = {NEIGHBOURS_DATA: records(neighbour_data(result))}
+    built["neighbours"] = _finish(neighbour_table(result), result, token, table)
+    return built
 
 
 def figure(result: Analysis, measure: Figure = "all", token: int | str | None = None) -> alt.TopLevelMixin:
     """One figure: a measure's line chart, or (`"all"`) the three line charts, the heatmaps and the
     neighbour table, with `token` selected."""
-    data = measures_data(result)
+    datasets = {MEASURES_DATA: records(measures_data(result))}
     if check_figure(measure) != "all":
-        chart: alt.TopLevelMixin = trajectory_chart(result, measure, data)
-    else:
-        lines = alt.hconcat(*(trajectory_chart(result, m, data) for m in MEASURES), spacing=30)
-        maps = alt.hconcat(*(heatmap(result, m, data) for m in MEASURES), spacing=40).resolve_scale(color="independent")
-        chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
-    return _with_params(chart, result, token)
+        return _finish(trajectory_chart(result, measure), result, token, datasets)
+    lines = alt.hconcat(*(trajectory_chart(result, m) for m in MEASURES), spacing=30)
+    maps = alt.hconcat(*(heatmap(result, m) for m in MEASURES), spacing=40).resolve_scale(color="independent")
+    chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
+    return _finish(chart, result, token, datasets | {NEIGHBOURS_DATA: records(neighbour_data(result))})
