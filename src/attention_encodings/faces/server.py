@@ -31,7 +31,7 @@ from ..errors import InputError
 from ..metrics import DEFAULT_REFERENCE, REFERENCES
 from ..models import LoadedModel, load_model
 from ..trace import DEFAULT_TAP, TAPS
-from ..views import charts, default_token, vega_javascript
+from ..views import chart_specs, default_token, vega_javascript
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -94,20 +94,15 @@ def load_allowed(names: Sequence[str | None]) -> dict[str, LoadedModel]:
 
 
 def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
-    """What the page draws: the model, the tokens, the default selection and every chart's Vega-Lite spec.
-
-    Specs that share data name it; the data goes once, in `datasets`, and the page puts it back in each spec.
-    """
-    specs = {name: chart.to_dict() for name, chart in charts(result).items()}
-    datasets: dict[str, Any] = {}
-    for spec in specs.values():
-        datasets.update(spec.pop("datasets", {}))
+    """What the page draws: the model, the tokens, the default selection, every chart's Vega-Lite spec and,
+    once, the datasets the specs name (the page puts them back into each spec)."""
+    specs, data = chart_specs(result)
     return {
         "model": model.model_dump(),
         "tokens": [token.__dict__ for token in result.tokens],
         "selected": default_token(result),
         "charts": specs,
-        "datasets": datasets,
+        "datasets": data,
     }
 
 

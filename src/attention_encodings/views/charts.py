@@ -154,11 +154,6 @@ def _tooltip(field: str, title: str) -> list[alt.Tooltip]:
     return [alt.Tooltip("label:N", title="token"), alt.Tooltip("layer:O", title="layer"), alt.Tooltip(f"{field}:Q", title=title)]
 
 
-def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A frame as JSON-ready rows (missing values as null), for a chart's named dataset."""
-    return json.loads(frame.to_json(orient="records"))
-
-
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
     the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
@@ -265,32 +260,55 @@ def neighbour_table(result: Analysis) -> alt.LayerChart:
     )
 
 
-def _finish(
-    chart: alt.TopLevelMixin, result: Analysis, token: int | str | None, datasets: dict[str, list[dict[str, Any]]]
-) -> alt.TopLevelMixin:
-    """A chart ready to render: its datasets, the token parameters and the shared look."""
-    params = token_params(result, token)
-    return chart.properties(datasets=datasets).add_params(*params).configure(font=FONT).configure_view(stroke=None)
+def datasets(result: Analysis) -> dict[str, list[dict[str, Any]]]:
+    """The named datasets every chart reads: `measures` and `neighbours`, as JSON-ready rows."""
+    frames = {MEASURES_DATA: measures_data(result), NEIGHBOURS_DATA: neighbour_data(result)}
+    return {name: json.loads(frame.to_json(orient="records")) for name, frame in frames.items()}
+
+
+def _finish(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None) -> alt.TopLevelMixin:
+    """A chart with the token parameters and the shared look; its data is named, not attached yet."""
+    return chart.add_params(*token_params(result, token)).configure(font=FONT).configure_view(stroke=None)
+
+
+def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevelMixin]:
+    built = {measure: trajectory_chart(result, measure) for measure in MEASURES}
+    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in MEASURES}
+    built["neighbours"] = neighbour_table(result)
+    return {name: _finish(chart, result, token) for name, chart in built.items()}
+
+
+def _attach(chart: alt.TopLevelMixin, data: dict[str, list[dict[str, Any]]]) -> alt.TopLevelMixin:
+    """`chart` carrying `data` (set directly: validating every row here would cost seconds on long texts;
+    `to_dict()` still validates the whole spec)."""
+    chart.datasets = data
+    return chart
 
 
 def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
     """Every chart, each standalone: `cosine`, `rank`, `overlap` (lines), `cosine_heatmap`,
     `rank_heatmap`, `overlap_heatmap` and `neighbours` (the table), with `token` selected."""
-    measures = {MEASURES_DATA: records(measures_data(result))}
-    built = {measure: _finish(trajectory_chart(result, measure), result, token, measures) for measure in MEASURES}
-    built |= {f"{m}_heatmap": _finish(heatmap(result, m), result, token, measures) for m in MEASURES}
-    table = {NEIGHBOURS_DATA: records(neighbour_data(result))}
-    built["neighbours"] = _finish(neighbour_table(result), result, token, table)
+    data = datasets(result)
+    built = _charts(result, token)
+    for name, chart in built.items():
+        key = NEIGHBOURS_DATA if name == "neighbours" else MEASURES_DATA
+        _attach(chart, {key: data[key]})
     return built
+
+
+def chart_specs(result: Analysis, token: int | str | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Every chart's Vega-Lite spec, naming its data, and the datasets once: what a page embeds (putting the
+    datasets back into each spec) without sending the same rows once per chart."""
+    return {name: chart.to_dict() for name, chart in _charts(result, token).items()}, datasets(result)
 
 
 def figure(result: Analysis, measure: Figure = "all", token: int | str | None = None) -> alt.TopLevelMixin:
     """One figure: a measure's line chart, or (`"all"`) the three line charts, the heatmaps and the
     neighbour table, with `token` selected."""
-    datasets = {MEASURES_DATA: records(measures_data(result))}
+    data = datasets(result)
     if check_figure(measure) != "all":
-        return _finish(trajectory_chart(result, measure), result, token, datasets)
+        return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
     lines = alt.hconcat(*(trajectory_chart(result, m) for m in MEASURES), spacing=30)
     maps = alt.hconcat(*(heatmap(result, m) for m in MEASURES), spacing=40).resolve_scale(color="independent")
     chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
-    return _finish(chart, result, token, datasets | {NEIGHBOURS_DATA: records(neighbour_data(result))})
+    return _attach(_finish(chart, result, token), data)
