@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -21,7 +22,19 @@ from transformers.utils import logging as hf_logging
 from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
 from ..errors import AttentionEncodingsError, InputError
 from ..metrics import DEFAULT_REFERENCE, REFERENCES, check_reference
-from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, load_model
+from ..models import (
+    ADAPTERS,
+    BUNDLED_ALIAS,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEVICES,
+    DTYPES,
+    bundled_model_dir,
+    cached_models,
+    load_model,
+    set_threads,
+    usable_cpus,
+)
 from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
 from ..trace import DEFAULT_TAP, TAPS, check_tap
 
@@ -133,15 +146,20 @@ def analyze_command(
     output_format: str = typer.Option("table", "--format", "-f", help=f"Output: {', '.join(FORMATS)}."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of standard output."),
     truncate: bool = typer.Option(False, help="Cut text longer than the model's limit instead of refusing it."),
+    device: str = typer.Option(DEFAULT_DEVICE, help=f"Where the model runs: {', '.join(DEVICES)} (auto: CUDA if available)."),
+    dtype: str = typer.Option(DEFAULT_DTYPE, help=f"Model precision: {', '.join(DTYPES)} (the measures stay float32)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: one per usable core)."),
 ) -> None:
     """Measure cosine, rank and neighbour churn for every token at every layer."""
     if output_format not in FORMATS:
         raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
     check_tap(tap)
     check_reference(reference)
+    used = set_threads(threads)
     source = read_text(text)
-    handle = load_model(model)
-    typer.echo(f"model: {handle.label} ({handle.reason})", err=True)
+    handle = load_model(model, device=device, dtype=dtype)
+    placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
+    typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
     with progress_bar("measuring") as progress:
         result = analyze(source, handle, tap, reference, top_k, neighbours, truncate=truncate, progress=progress)
     if result.dropped:
@@ -195,6 +213,14 @@ def models_command() -> None:
     for entry in cached_models():
         cached.add_row(entry.repo_id, entry.model_type or "?", entry.family or "no", f"{entry.size_bytes / 1e6:.0f} MB")
     console.print(cached if cached.row_count else "no models in the local Hugging Face cache")
+    console.print(f"\ndevices: cpu ({usable_cpus()} usable cores); cuda: {cuda_summary()}")
+
+
+def cuda_summary() -> str:
+    """The CUDA GPUs torch can use, or why there are none."""
+    if not torch.cuda.is_available():
+        return "not available (--device auto uses the CPU)"
+    return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,9 +44,10 @@ class ReferenceSpace(ABC):
         self.vocab_size = vocab_size
 
     @abstractmethod
-    def cosine(self, states: Tensor, offsets: Tensor) -> Tensor:
+    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         """Cosines (t, r, V) of `states` (t, r, h): r vectors for each of t tokens, against the reference
-        rows of that token's slot; `offsets` (t, e) is each token's `c_p = P[pos] + T[type]`."""
+        rows of that token's slot; `offsets` (t, e) is each token's `c_p = P[pos] + T[type]`. Written into
+        `out` (contiguous, t × r × V float32) when given, so that chunked callers reuse one buffer."""
 
 
 class WordReference(ReferenceSpace):
@@ -64,10 +65,10 @@ class WordReference(ReferenceSpace):
             )
         self.unit = word / word.norm(dim=-1, keepdim=True).clamp_min(_TINY)
 
-    def cosine(self, states: Tensor, offsets: Tensor) -> Tensor:
+    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, h = states.shape
         unit = states.float() / states.float().norm(dim=-1, keepdim=True).clamp_min(_TINY)
-        return (unit.reshape(t * r, h) @ self.unit.T).view(t, r, -1)
+        return torch.mm(unit.reshape(t * r, h), self.unit.T, out=_flat(out)).view(t, r, -1)
 
 
 class EmbeddingReference(ReferenceSpace):
@@ -108,7 +109,7 @@ class EmbeddingReference(ReferenceSpace):
         """AᵀA·c, for c of width e (last dimension)."""
         return c * self.gamma.pow(2) if self.matrix is None else (c @ self.matrix.T) @ self.matrix
 
-    def cosine(self, states: Tensor, offsets: Tensor) -> Tensor:
+    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, _ = states.shape
         x = states.float()
         inv_norm = x.norm(dim=-1).clamp_min(_TINY).reciprocal()
@@ -124,11 +125,14 @@ class EmbeddingReference(ReferenceSpace):
         inv_ref_norm = norm_sq.clamp_min(_TINY).rsqrt()
         shift = (pulled * centred_offsets[:, None, :]).sum(dim=-1)
         lift = (x @ self.bias) * inv_norm
-        scores = (pulled.reshape(t * r, -1) @ self.centred.T).view(t, r, -1)
-        scores += shift[..., None]
-        scores *= (inv_std * inv_ref_norm)[:, None, :]
-        scores += lift[..., None] * inv_ref_norm[:, None, :]
-        return scores
+        scores = torch.addmm(shift.reshape(t * r, 1), pulled.reshape(t * r, -1), self.centred.T, out=_flat(out))
+        scores = scores.view(t, r, -1).mul_((inv_std * inv_ref_norm)[:, None, :])
+        return scores.addcmul_(lift[..., None], inv_ref_norm[:, None, :])
+
+
+def _flat(out: Tensor | None) -> Tensor | None:
+    """`out` (t, r, V) as the (t·r, V) matrix a GEMM writes into."""
+    return None if out is None else out.view(-1, out.shape[-1])
 
 
 def reference_space(name: str, parts: EmbeddingParts) -> ReferenceSpace:

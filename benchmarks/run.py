@@ -1,0 +1,390 @@
+"""The benchmark suite: how fast an analysis runs, next to the floor no implementation can beat, in one run.
+
+    python benchmarks/run.py                  # the full run on a roberta-base-shaped model and the bundled one
+    python benchmarks/run.py --smoke          # tiny shapes, a few seconds: checks the script itself (CI runs this)
+    python benchmarks/run.py --json out.json  # also write every figure as JSON
+
+Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
+50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
+the bundled model's WordPiece vocabulary (as written, capitalised and upper-cased), which yields exactly 50,265
+entries and tokenises the seed sentence into the same 14 tokens as roberta-base. The 512-token input is a long
+text analysed with `truncate=True`. Timings are medians of several warm runs; every ratio comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from attention_encodings import analyze, load_model
+from attention_encodings.analysis import reference_for
+from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir
+from attention_encodings.trace import encode, trace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from plain import plain_measures  # noqa: E402  (the test suite's loop-and-sort definition is the naive baseline)
+
+SEED = "Time flies like an arrow. Fruit flies like a banana."
+REFERENCES = ("word", "embedding")
+WEB_CLIENTS = 8
+BUNDLED = "bundled"
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The size of one benchmark run: the random model's shape and the workloads."""
+
+    name: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    long_tokens: int
+    sentences: int
+    naive_tokens: int
+    repeats: int
+    cold_runs: int
+    bundled: bool
+
+
+FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, True)
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 2, 1, False)
+
+
+@dataclass
+class Figure:
+    """One measured figure of the report."""
+
+    case: str
+    model: str
+    value: float
+    unit: str
+    detail: str = ""
+
+
+def training_words() -> list[str]:
+    """Plain ASCII words from the bundled model's WordPiece vocabulary: a deterministic corpus on disk."""
+    return [w for w in (bundled_model_dir() / "vocab.txt").read_text().split() if w.isascii() and w.isalpha()]
+
+
+def build_tokenizer(folder: Path, vocab: int) -> RobertaTokenizerFast:
+    """A RoBERTa-style byte-level BPE tokenizer with `vocab` entries, trained on `training_words()`."""
+    words = training_words()
+    lines = [" ".join(f(w) for w in words[i : i + 16]) for i in range(0, len(words), 16) for f in (str, str.capitalize, str.upper)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [SEED] * 50 + lines, vocab_size=vocab, min_frequency=1, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(folder))
+    if len(tokenizer) != vocab:
+        raise SystemExit(f"the benchmark tokenizer has {len(tokenizer)} entries, not {vocab}")
+    return tokenizer
+
+
+def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
+    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse."""
+    tokenizer = build_tokenizer(folder, shape.vocab)
+    config = RobertaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=shape.long_tokens + 2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = RobertaModel(config).eval().to(device)
+    return LoadedModel(shape.name, f"{shape.name} (random weights)", "built by the benchmark", model, tokenizer, adapter_for(config))
+
+
+def long_text(words: int) -> str:
+    """Enough varied English-like text for any token budget: sentences of vocabulary words."""
+    vocabulary = training_words()[2000:]
+    picked = [vocabulary[(i * 7919) % len(vocabulary)] for i in range(words)]
+    return " ".join(" ".join(picked[i : i + 12]).capitalize() + "." for i in range(0, words, 12))
+
+
+def corpus(sentences: int) -> list[str]:
+    """`sentences` short texts of 6 to 30 words, deterministic, for the throughput case."""
+    vocabulary = training_words()[2000:]
+    texts = []
+    for i in range(sentences):
+        length = 6 + (i * 5) % 25
+        texts.append(" ".join(vocabulary[(i * 131 + j * 7919) % len(vocabulary)] for j in range(length)).capitalize() + ".")
+    return texts
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timings are honest on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall-clock seconds of `repeats` calls, after one warm-up call."""
+    run()
+    samples = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def floor(handle: LoadedModel, text: str, repeats: int) -> tuple[float, float, int]:
+    """Seconds of the two unavoidable steps on `text`: the model's forward pass with `output_hidden_states=True`,
+    and the float32 GEMM of every tapped vector (L·T × d) against the vocabulary matrix (d × V); and T."""
+    encoding = encode(handle, text, truncate=True)
+    inputs = handle.adapter.forward_inputs(
+        encoding.input_ids[None], encoding.position_ids[None], None if encoding.token_type_ids is None else encoding.token_type_ids[None]
+    )
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return handle.model(**inputs, output_hidden_states=True)
+
+    states = trace(handle, encoding).states("resid_mid").float()
+    tapped = states.reshape(-1, states.shape[-1])
+    vocabulary = handle.model.get_input_embeddings().weight.detach().float()
+    forward_s = timed(forward, repeats, handle.device)
+    gemm_s = timed(lambda: tapped @ vocabulary.T, repeats, handle.device)
+    return forward_s, gemm_s, len(encoding.input_ids)
+
+
+def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -> tuple[float, int]:
+    """Seconds per token of the plain loop (a full vocabulary argsort per token and layer), timed on the
+    first `tokens` tokens of `text`, and the text's length: the loop's cost per token does not depend on T."""
+    encoding = encode(handle, text, truncate=True)
+    states = trace(handle, encoding).states("resid_mid")[:, :tokens]
+    start = time.perf_counter()
+    plain_measures(handle, encoding, states, reference, 100, 15)
+    return (time.perf_counter() - start) / tokens, len(encoding.input_ids)
+
+
+def rss_child(shape: Shape, case: str, device: str) -> None:
+    """Run one case in this fresh process and print its memory as JSON: RSS with the model loaded, and the peak."""
+    with tempfile.TemporaryDirectory() as folder:
+        handle = load_model(BUNDLED, device=device) if shape.name == BUNDLED else random_model(shape, Path(folder), device)
+    model_rss = resident_kib("VmRSS")
+    fresh_peak = reset_peak()
+    text = SEED if case == "seed" else long_text(shape.long_tokens)
+    analyze(text, handle, truncate=True)
+    print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM") if fresh_peak else None}))
+
+
+def resident_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: clear_refs 5), so the peak measured next is the case's own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss(shape: Shape, case: str, device: str) -> dict[str, int]:
+    """Memory of one case, measured in a fresh interpreter."""
+    command = [sys.executable, __file__, "--rss-child", case, "--shape", shape.name, "--device", device]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cold_start(arguments: list[str]) -> tuple[float, float]:
+    """Seconds from launching the CLI to its first byte on stdout, and to its exit (a fresh interpreter)."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "attention_encodings", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.read(1)
+    first_s = time.perf_counter() - start
+    rest, error = process.communicate(timeout=900)
+    if process.returncode or not first:
+        raise SystemExit(f"the CLI failed: {error.decode(errors='replace').strip()}")
+    return first_s, time.perf_counter() - start
+
+
+def web_latency(handle: LoadedModel) -> list[Figure]:
+    """p50 and p95 latency of the web API under WEB_CLIENTS concurrent clients; skipped without a server."""
+    try:
+        import attention_encodings.faces.server  # noqa: F401
+    except ImportError:
+        print("web API latency: server not available (attention_encodings.faces.server cannot be imported); skipped")
+        return []
+    print("web API latency: the server exists but this benchmark is not wired to it yet; skipped")
+    return []
+
+
+def machine() -> dict[str, str]:
+    """The machine the figures were measured on."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {
+        "cpu": model,
+        "cpus": str(len(os.sched_getaffinity(0))),
+        "memory": f"{memory_kib / 2**20:.1f} GiB",
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+    }
+
+
+def label(handle: LoadedModel) -> str:
+    """A short name for the report."""
+    return handle.label.replace(" (random weights)", "").replace(" (bundled)", "")
+
+
+def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naive: bool) -> None:
+    """Cases 1 to 3 on one model, with the floor and the naive loop at the long input."""
+    name, repeats = label(handle), shape.repeats
+    seed_tokens = len(encode(handle, SEED).input_ids)
+    for reference in REFERENCES:
+        seconds = timed(lambda: analyze(SEED, handle, reference=reference), repeats, handle.device)
+        figures.append(Figure(f"1. seed sentence ({seed_tokens} tokens), {reference}", name, seconds * 1e3, "ms"))
+    text = long_text(shape.long_tokens)
+    forward_s, gemm_s, tokens = floor(handle, text, repeats)
+    floor_s = forward_s + gemm_s
+    figures.append(Figure(f"floor: forward pass, {tokens} tokens", name, forward_s * 1e3, "ms", "output_hidden_states=True"))
+    layers = handle.num_layers + 1
+    gemm_detail = f"({layers}·{tokens})×{handle.model.config.hidden_size} by {handle.model.config.hidden_size}×{handle.vocab_size}"
+    figures.append(Figure(f"floor: GEMM, {tokens} tokens", name, gemm_s * 1e3, "ms", gemm_detail))
+    figures.append(Figure(f"floor: total, {tokens} tokens", name, floor_s * 1e3, "ms"))
+    for reference in REFERENCES:
+        seconds = timed(lambda: analyze(text, handle, reference=reference, truncate=True), repeats, handle.device)
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}", name, seconds * 1e3, "ms"))
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: analysis / floor", name, seconds / floor_s, "×"))
+        if naive:
+            per_token, _ = naive_seconds(handle, text, reference, shape.naive_tokens)
+            naive_s = forward_s + per_token * tokens
+            detail = f"forward + {per_token * 1e3:.0f} ms/token × {tokens}, timed on {shape.naive_tokens} tokens"
+            figures.append(Figure(f"naive loop ({tokens} tokens), {reference}", name, naive_s * 1e3, "ms", detail))
+            figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: speed-up over naive", name, naive_s / seconds, "×"))
+    texts = corpus(shape.sentences)
+    total = sum(len(encode(handle, t, truncate=True).input_ids) for t in texts)
+    seconds = timed(lambda: [analyze(t, handle, truncate=True) for t in texts], max(1, repeats // 2), handle.device)
+    detail = f"{len(texts)} sentences, {total} tokens, embedding reference, one analyze() per sentence"
+    figures.append(Figure("3. throughput", name, total / seconds, "tokens/s", detail))
+
+
+def cli_cold_starts(shape: Shape, handle: LoadedModel, figures: list[Figure], device: str) -> None:
+    """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        handle.model.save_pretrained(folder)
+        handle.tokenizer.save_pretrained(folder)
+        sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
+        for name, source in sources:
+            runs = [cold_start(["analyze", SEED, "--model", source, "--format", "json", "--device", device]) for _ in range(shape.cold_runs)]
+            first = statistics.median(r[0] for r in runs)
+            detail = f"median of {shape.cold_runs} fresh processes, seed sentence, --format json"
+            figures.append(Figure("4. CLI cold start to first output", name, first * 1e3, "ms", detail))
+
+
+def memory(shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 5: peak RSS of cases 1 and 2, each in a fresh process, and how far it rises above the loaded model."""
+    shapes = [shape] + ([replace(shape, name=BUNDLED)] if shape.bundled else [])
+    for each in shapes:
+        for case in ("seed", "long"):
+            found = peak_rss(each, case, device)
+            name = "all-MiniLM-L6-v2" if each.name == BUNDLED else each.name
+            figures.append(Figure(f"5. peak RSS, {case} case", name, found["peak_kib"] / 2**20, "GiB", "embedding reference"))
+            figures.append(Figure(f"5. peak RSS above the loaded model, {case} case", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB"))
+
+
+def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, bool]]:
+    """The issue's targets at the long input on the random model: (what, measured, goal, met)."""
+    found = {(f.case, f.model): f.value for f in figures}
+    tokens = shape.long_tokens
+    checks = []
+    for reference, limit in (("word", 1.2), ("embedding", 1.5)):
+        ratio = found.get((f"2. long input ({tokens} tokens), {reference}: analysis / floor", shape.name))
+        if ratio is not None:
+            checks.append((f"analysis / floor, {reference}", ratio, f"≤ {limit}", ratio <= limit))
+        speedup = found.get((f"2. long input ({tokens} tokens), {reference}: speed-up over naive", shape.name))
+        if speedup is not None:
+            checks.append((f"speed-up over the naive loop, {reference}", speedup, "≥ 10", speedup >= 10))
+    above = found.get(("5. peak RSS above the loaded model, long case", shape.name))
+    if above is not None:
+        checks.append(("peak RSS above the loaded model, GiB", above, "≤ 1", above <= 1))
+    return checks
+
+
+def report(figures: list[Figure], checks: list[tuple[str, float, str, bool]], info: dict[str, str]) -> str:
+    """The figures and targets as Markdown tables."""
+    lines = ["machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", "| case | model | value | unit | detail |", "|---|---|---:|---|---|"]
+    lines += [f"| {f.case} | {f.model} | {f.value:,.2f} | {f.unit} | {f.detail} |" for f in figures]
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {what} | {value:.2f} | {goal} | {'yes' if met else 'NO'} |" for what, value, goal, met in checks]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the command line and run every case, or one memory case in a child process."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few seconds: checks the script itself")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as in the CLI)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = SMOKE if args.smoke else FULL
+    if args.rss_child:
+        chosen = {FULL.name: FULL, SMOKE.name: SMOKE, BUNDLED: replace(FULL, name=BUNDLED)}[args.shape]
+        rss_child(chosen, args.rss_child, args.device)
+        return
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as folder:
+        handle = random_model(shape, Path(folder), args.device)
+    models = [handle] + ([load_model(BUNDLED, device=args.device)] if shape.bundled else [])
+    for each in models:
+        measure_model(each, shape, figures, naive=not args.no_naive)
+    cli_cold_starts(shape, handle, figures, args.device)
+    memory(shape, figures, args.device)
+    figures += web_latency(handle)
+    info = machine()
+    checks = targets(figures, shape)
+    print(report(figures, checks, info))
+    if args.json:
+        payload = {"machine": info, "shape": asdict(shape), "figures": [asdict(f) for f in figures]}
+        payload["targets"] = [{"target": t, "measured": v, "goal": g, "met": m} for t, v, g, m in checks]
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
