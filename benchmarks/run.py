@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -66,7 +67,7 @@ class Shape:
 
 
 FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, True)
-SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 2, 1, False)
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, False)
 
 
 @dataclass
@@ -142,26 +143,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(run: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall-clock seconds of `repeats` calls, after one warm-up call."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
+def timed_together(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall-clock seconds of each run over `repeats` rounds, after one warm-up round. The runs take
+    turns within each round, so a change in the machine's load touches them all alike and ratios stay fair."""
+    for run in runs.values():
         run()
-        synchronize(device)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def floor(handle: LoadedModel, text: str, repeats: int) -> tuple[float, float, int]:
-    """Seconds of the two unavoidable steps on `text`: the model's forward pass with `output_hidden_states=True`,
+def floor(handle: LoadedModel, text: str) -> tuple[Callable[[], object], Callable[[], object], int]:
+    """The two unavoidable steps on `text`, to be timed: the model's forward pass with `output_hidden_states=True`,
     and the float32 GEMM of every tapped vector (L·T × d) against the vocabulary matrix (d × V); and T."""
     encoding = encode(handle, text, truncate=True)
-    inputs = handle.adapter.forward_inputs(
-        encoding.input_ids[None], encoding.position_ids[None], None if encoding.token_type_ids is None else encoding.token_type_ids[None]
-    )
+    types = None if encoding.token_type_ids is None else encoding.token_type_ids[None]
+    inputs = handle.adapter.forward_inputs(encoding.input_ids[None], encoding.position_ids[None], types)
 
     def forward() -> object:
         with torch.inference_mode():
@@ -170,19 +173,18 @@ def floor(handle: LoadedModel, text: str, repeats: int) -> tuple[float, float, i
     states = trace(handle, encoding).states("resid_mid").float()
     tapped = states.reshape(-1, states.shape[-1])
     vocabulary = handle.model.get_input_embeddings().weight.detach().float()
-    forward_s = timed(forward, repeats, handle.device)
-    gemm_s = timed(lambda: tapped @ vocabulary.T, repeats, handle.device)
-    return forward_s, gemm_s, len(encoding.input_ids)
+    return forward, lambda: tapped @ vocabulary.T, len(encoding.input_ids)
 
 
-def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -> tuple[float, int]:
-    """Seconds per token of the plain loop (a full vocabulary argsort per token and layer), timed on the
-    first `tokens` tokens of `text`, and the text's length: the loop's cost per token does not depend on T."""
+def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -> float:
+    """Seconds per token of the plain loop (a full vocabulary argsort per token and layer), after a one-token
+    warm-up, timed on the first `tokens` tokens of `text`: the loop's cost per token does not depend on T."""
     encoding = encode(handle, text, truncate=True)
-    states = trace(handle, encoding).states("resid_mid")[:, :tokens]
+    states = trace(handle, encoding).states("resid_mid")
+    plain_measures(handle, encoding, states[:, :1], reference, 100, 15)
     start = time.perf_counter()
-    plain_measures(handle, encoding, states, reference, 100, 15)
-    return (time.perf_counter() - start) / tokens, len(encoding.input_ids)
+    plain_measures(handle, encoding, states[:, :tokens], reference, 100, 15)
+    return (time.perf_counter() - start) / tokens
 
 
 def rss_child(shape: Shape, case: str, device: str) -> None:
@@ -213,11 +215,22 @@ def reset_peak() -> bool:
     return True
 
 
-def peak_rss(shape: Shape, case: str, device: str) -> dict[str, int]:
-    """Memory of one case, measured in a fresh interpreter."""
-    command = [sys.executable, __file__, "--rss-child", case, "--shape", shape.name, "--device", device]
-    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=900)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def peak_rss(shape: Shape, cases: tuple[str, ...], device: str) -> dict[str, dict[str, int]]:
+    """Memory of each case, each measured in its own fresh interpreter; the interpreters run side by side."""
+    children = {
+        case: subprocess.Popen(
+            [sys.executable, __file__, "--rss-child", case, "--shape", shape.name, "--device", device],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for case in cases
+    }
+    found = {}
+    for case, child in children.items():
+        out, error = child.communicate(timeout=900)
+        if child.returncode:
+            raise SystemExit(f"the memory case {case!r} failed: {error.strip()}")
+        found[case] = json.loads(out.strip().splitlines()[-1])
+    return found
 
 
 def cold_start(arguments: list[str]) -> tuple[float, float]:
@@ -267,34 +280,37 @@ def label(handle: LoadedModel) -> str:
 
 def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naive: bool) -> None:
     """Cases 1 to 3 on one model, with the floor and the naive loop at the long input."""
-    name, repeats = label(handle), shape.repeats
+    name, repeats, device = label(handle), shape.repeats, handle.device
     seed_tokens = len(encode(handle, SEED).input_ids)
-    for reference in REFERENCES:
-        seconds = timed(lambda: analyze(SEED, handle, reference=reference), repeats, handle.device)
+    seed = timed_together({r: partial(analyze, SEED, handle, reference=r) for r in REFERENCES}, repeats, device)
+    for reference, seconds in seed.items():
         figures.append(Figure(f"1. seed sentence ({seed_tokens} tokens), {reference}", name, seconds * 1e3, "ms"))
     text = long_text(shape.long_tokens)
-    forward_s, gemm_s, tokens = floor(handle, text, repeats)
-    floor_s = forward_s + gemm_s
-    figures.append(Figure(f"floor: forward pass, {tokens} tokens", name, forward_s * 1e3, "ms", "output_hidden_states=True"))
-    layers = handle.num_layers + 1
-    gemm_detail = f"({layers}·{tokens})×{handle.model.config.hidden_size} by {handle.model.config.hidden_size}×{handle.vocab_size}"
-    figures.append(Figure(f"floor: GEMM, {tokens} tokens", name, gemm_s * 1e3, "ms", gemm_detail))
+    forward, gemm, tokens = floor(handle, text)
+    runs = {"forward": forward, "gemm": gemm}
+    runs.update({r: partial(analyze, text, handle, reference=r, truncate=True) for r in REFERENCES})
+    seconds = timed_together(runs, repeats, device)
+    floor_s = seconds["forward"] + seconds["gemm"]
+    figures.append(Figure(f"floor: forward pass, {tokens} tokens", name, seconds["forward"] * 1e3, "ms", "output_hidden_states=True"))
+    width = handle.model.config.hidden_size
+    gemm_detail = f"({handle.num_layers + 1}·{tokens})×{width} by {width}×{handle.vocab_size}"
+    figures.append(Figure(f"floor: GEMM, {tokens} tokens", name, seconds["gemm"] * 1e3, "ms", gemm_detail))
     figures.append(Figure(f"floor: total, {tokens} tokens", name, floor_s * 1e3, "ms"))
     for reference in REFERENCES:
-        seconds = timed(lambda: analyze(text, handle, reference=reference, truncate=True), repeats, handle.device)
-        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}", name, seconds * 1e3, "ms"))
-        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: analysis / floor", name, seconds / floor_s, "×"))
+        whole = seconds[reference]
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}", name, whole * 1e3, "ms"))
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: analysis / floor", name, whole / floor_s, "×"))
         if naive:
-            per_token, _ = naive_seconds(handle, text, reference, shape.naive_tokens)
-            naive_s = forward_s + per_token * tokens
+            per_token = naive_seconds(handle, text, reference, shape.naive_tokens)
+            naive_s = seconds["forward"] + per_token * tokens
             detail = f"forward + {per_token * 1e3:.0f} ms/token × {tokens}, timed on {shape.naive_tokens} tokens"
             figures.append(Figure(f"naive loop ({tokens} tokens), {reference}", name, naive_s * 1e3, "ms", detail))
-            figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: speed-up over naive", name, naive_s / seconds, "×"))
+            figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: speed-up over naive", name, naive_s / whole, "×"))
     texts = corpus(shape.sentences)
     total = sum(len(encode(handle, t, truncate=True).input_ids) for t in texts)
-    seconds = timed(lambda: [analyze(t, handle, truncate=True) for t in texts], max(1, repeats // 2), handle.device)
+    batch = timed_together({"batch": lambda: [analyze(t, handle, truncate=True) for t in texts]}, max(1, repeats // 2), device)
     detail = f"{len(texts)} sentences, {total} tokens, embedding reference, one analyze() per sentence"
-    figures.append(Figure("3. throughput", name, total / seconds, "tokens/s", detail))
+    figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
 
 
 def cli_cold_starts(shape: Shape, handle: LoadedModel, figures: list[Figure], device: str) -> None:
@@ -314,8 +330,7 @@ def memory(shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 5: peak RSS of cases 1 and 2, each in a fresh process, and how far it rises above the loaded model."""
     shapes = [shape] + ([replace(shape, name=BUNDLED)] if shape.bundled else [])
     for each in shapes:
-        for case in ("seed", "long"):
-            found = peak_rss(each, case, device)
+        for case, found in peak_rss(each, ("seed", "long"), device).items():
             name = "all-MiniLM-L6-v2" if each.name == BUNDLED else each.name
             figures.append(Figure(f"5. peak RSS, {case} case", name, found["peak_kib"] / 2**20, "GiB", "embedding reference"))
             figures.append(Figure(f"5. peak RSS above the loaded model, {case} case", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB"))
