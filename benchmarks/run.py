@@ -7,7 +7,7 @@
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
 the bundled model's WordPiece vocabulary (as written, capitalised and upper-cased), which yields exactly 50,265
-entries and tokenises the seed sentence into the same 14 tokens as roberta-base. The 512-token input is a long
+entries and tokenises the seed sentence into 14 tokens, as roberta-base does. The 512-token input is a long
 text analysed with `truncate=True`. Timings are medians of several warm runs; every ratio comes from this one run.
 """
 
@@ -33,8 +33,7 @@ from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from attention_encodings import analyze, load_model
-from attention_encodings.analysis import reference_for
-from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir
+from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
 from attention_encodings.trace import encode, trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +115,7 @@ def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = RobertaModel(config).eval().to(device)
+    model = RobertaModel(config).eval().to(resolve_device(device))
     return LoadedModel(shape.name, f"{shape.name} (random weights)", "built by the benchmark", model, tokenizer, adapter_for(config))
 
 
@@ -161,7 +160,8 @@ def timed_together(runs: dict[str, Callable[[], object]], repeats: int, device: 
 
 def floor(handle: LoadedModel, text: str) -> tuple[Callable[[], object], Callable[[], object], int]:
     """The two unavoidable steps on `text`, to be timed: the model's forward pass with `output_hidden_states=True`,
-    and the float32 GEMM of every tapped vector (L·T × d) against the vocabulary matrix (d × V); and T."""
+    and the float32 GEMM of every tapped vector (L·T × d) against the vocabulary matrix (d × V, laid out as
+    the reference spaces keep it, the faster layout for the BLAS); and T."""
     encoding = encode(handle, text, truncate=True)
     types = None if encoding.token_type_ids is None else encoding.token_type_ids[None]
     inputs = handle.adapter.forward_inputs(encoding.input_ids[None], encoding.position_ids[None], types)
@@ -172,8 +172,8 @@ def floor(handle: LoadedModel, text: str) -> tuple[Callable[[], object], Callabl
 
     states = trace(handle, encoding).states("resid_mid").float()
     tapped = states.reshape(-1, states.shape[-1])
-    vocabulary = handle.model.get_input_embeddings().weight.detach().float()
-    return forward, lambda: tapped @ vocabulary.T, len(encoding.input_ids)
+    vocabulary = handle.model.get_input_embeddings().weight.detach().float().T.contiguous()
+    return forward, lambda: tapped @ vocabulary, len(encoding.input_ids)
 
 
 def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -> float:
@@ -192,10 +192,10 @@ def rss_child(shape: Shape, case: str, device: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         handle = load_model(BUNDLED, device=device) if shape.name == BUNDLED else random_model(shape, Path(folder), device)
     model_rss = resident_kib("VmRSS")
-    fresh_peak = reset_peak()
+    reset = reset_peak()
     text = SEED if case == "seed" else long_text(shape.long_tokens)
     analyze(text, handle, truncate=True)
-    print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM") if fresh_peak else None}))
+    print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM"), "peak_reset": reset}))
 
 
 def resident_kib(field: str) -> int:
@@ -207,7 +207,8 @@ def resident_kib(field: str) -> int:
 
 
 def reset_peak() -> bool:
-    """Reset this process's peak RSS (Linux: clear_refs 5), so the peak measured next is the case's own."""
+    """Reset this process's peak RSS (Linux: clear_refs 5), so the peak measured next is the case's own; where
+    that is refused, the peak also covers loading the model, which overstates the case's memory."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -245,14 +246,15 @@ def cold_start(arguments: list[str]) -> tuple[float, float]:
     return first_s, time.perf_counter() - start
 
 
-def web_latency(handle: LoadedModel) -> list[Figure]:
-    """p50 and p95 latency of the web API under WEB_CLIENTS concurrent clients; skipped without a server."""
+def web_latency() -> list[Figure]:
+    """Case 6: p50 and p95 latency of the web API under WEB_CLIENTS concurrent clients; skipped without a server."""
+    case = f"6. web API latency, {WEB_CLIENTS} concurrent clients"
     try:
         import attention_encodings.faces.server  # noqa: F401
     except ImportError:
-        print("web API latency: server not available (attention_encodings.faces.server cannot be imported); skipped")
+        print(f"{case}: server not available (attention_encodings.faces.server cannot be imported); skipped")
         return []
-    print("web API latency: the server exists but this benchmark is not wired to it yet; skipped")
+    print(f"{case}: the server exists but this benchmark is not wired to it yet; skipped")
     return []
 
 
@@ -332,8 +334,10 @@ def memory(shape: Shape, figures: list[Figure], device: str) -> None:
     for each in shapes:
         for case, found in peak_rss(each, ("seed", "long"), device).items():
             name = "all-MiniLM-L6-v2" if each.name == BUNDLED else each.name
-            figures.append(Figure(f"5. peak RSS, {case} case", name, found["peak_kib"] / 2**20, "GiB", "embedding reference"))
-            figures.append(Figure(f"5. peak RSS above the loaded model, {case} case", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB"))
+            peak, above = found["peak_kib"] / 2**20, (found["peak_kib"] - found["model_kib"]) / 2**20
+            detail = "embedding reference, fresh process" + ("" if found["peak_reset"] else "; peak includes loading")
+            figures.append(Figure(f"5. peak RSS, {case} case", name, peak, "GiB", detail))
+            figures.append(Figure(f"5. peak RSS above the loaded model, {case} case", name, above, "GiB", "reference space included"))
 
 
 def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, bool]]:
@@ -368,7 +372,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few seconds: checks the script itself")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as in the CLI)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable core, as the CLI)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
@@ -376,8 +380,7 @@ def main() -> None:
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     shape = SMOKE if args.smoke else FULL
     if args.rss_child:
         chosen = {FULL.name: FULL, SMOKE.name: SMOKE, BUNDLED: replace(FULL, name=BUNDLED)}[args.shape]
@@ -391,7 +394,7 @@ def main() -> None:
         measure_model(each, shape, figures, naive=not args.no_naive)
     cli_cold_starts(shape, handle, figures, args.device)
     memory(shape, figures, args.device)
-    figures += web_latency(handle)
+    figures += web_latency()
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))
