@@ -283,10 +283,16 @@ def label(handle: LoadedModel) -> str:
 def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naive: bool) -> None:
     """Cases 1 to 3 on one model, with the floor and the naive loop at the long input."""
     name, repeats, device = label(handle), shape.repeats, handle.device
-    seed_tokens = len(encode(handle, SEED).input_ids)
-    seed = timed_together({r: partial(analyze, SEED, handle, reference=r) for r in REFERENCES}, repeats, device)
-    for reference, seconds in seed.items():
-        figures.append(Figure(f"1. seed sentence ({seed_tokens} tokens), {reference}", name, seconds * 1e3, "ms"))
+    seed_forward, seed_gemm, seed_tokens = floor(handle, SEED)
+    runs = {"forward": seed_forward, "gemm": seed_gemm}
+    runs.update({r: partial(analyze, SEED, handle, reference=r) for r in REFERENCES})
+    seed = timed_together(runs, repeats, device)
+    seed_floor = seed["forward"] + seed["gemm"]
+    figures.append(Figure(f"floor: total, {seed_tokens} tokens", name, seed_floor * 1e3, "ms", "forward pass + GEMM"))
+    for reference in REFERENCES:
+        case = f"1. seed sentence ({seed_tokens} tokens), {reference}"
+        figures.append(Figure(case, name, seed[reference] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: analysis / floor", name, seed[reference] / seed_floor, "×"))
     text = long_text(shape.long_tokens)
     forward, gemm, tokens = floor(handle, text)
     runs = {"forward": forward, "gemm": gemm}
