@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import platform
 import statistics
@@ -22,7 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -45,6 +49,8 @@ REFERENCES = ("word", "embedding")
 WEB_CLIENTS = 8
 BUNDLED = "bundled"
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""HTTP to the local server only: any proxy settings are bypassed."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,12 @@ class Shape:
     naive_tokens: int
     repeats: int
     cold_runs: int
+    web_requests: int
     bundled: bool
 
 
-FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, True)
-SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, False)
+FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True)
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False)
 
 
 @dataclass
@@ -240,22 +247,82 @@ def cold_start(arguments: list[str]) -> tuple[float, float]:
     process = subprocess.Popen([sys.executable, "-m", "attention_encodings", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = process.stdout.read(1)
     first_s = time.perf_counter() - start
-    rest, error = process.communicate(timeout=900)
+    _, error = process.communicate(timeout=900)
     if process.returncode or not first:
         raise SystemExit(f"the CLI failed: {error.decode(errors='replace').strip()}")
     return first_s, time.perf_counter() - start
 
 
-def web_latency() -> list[Figure]:
-    """Case 6: p50 and p95 latency of the web API under WEB_CLIENTS concurrent clients; skipped without a server."""
+def web_latency(sources: list[tuple[str, str]], shape: Shape) -> list[Figure]:
+    """Case 6: p50 and p95 latency of POST /api/analyze under WEB_CLIENTS concurrent clients, each model served by
+    `attention-encodings serve` in its own process; skipped, saying so, where this tree has no web server."""
     case = f"6. web API latency, {WEB_CLIENTS} concurrent clients"
     try:
         import attention_encodings.faces.server  # noqa: F401
     except ImportError:
         print(f"{case}: server not available (attention_encodings.faces.server cannot be imported); skipped")
         return []
-    print(f"{case}: the server exists but this benchmark is not wired to it yet; skipped")
-    return []
+    figures = []
+    for name, source in sources:
+        with served(source) as url:
+            latencies, wall = load_test(url, shape.web_requests)
+        percentiles = statistics.quantiles(latencies, n=20, method="inclusive")
+        detail = f"{WEB_CLIENTS} clients × {shape.web_requests} requests, seed sentence + one distinct word each"
+        figures.append(Figure(f"{case}: p50", name, statistics.median(latencies) * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: p95", name, percentiles[18] * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: throughput", name, len(latencies) / wall, "requests/s", detail))
+    return figures
+
+
+@contextmanager
+def served(source: str) -> Iterator[str]:
+    """The web server for one model, started in a fresh process on a free loopback port; yields its URL."""
+    command = [sys.executable, "-m", "attention_encodings", "serve", "--models", source, "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        found = re.search(r"http://\S+/", process.stdout.readline())
+        if found is None or not answers(found.group(0) + "api/models", within=120):
+            process.kill()
+            raise SystemExit(f"the web server did not start: {process.communicate()[1].strip()}")
+        yield found.group(0)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+def answers(url: str, within: float) -> bool:
+    """Whether a GET of `url` succeeds within `within` seconds (the server announces its port before it listens)."""
+    deadline = time.perf_counter() + within
+    while time.perf_counter() < deadline:
+        try:
+            with LOOPBACK.open(url, timeout=10) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def load_test(url: str, requests: int) -> tuple[list[float], float]:
+    """Seconds of each request from WEB_CLIENTS threads sending `requests` analyses each, and the wall time. Every
+    text is distinct, so the server's result cache never answers; loopback only, proxies bypassed."""
+    words = training_words()[3000:]
+
+    def post(text: str) -> float:
+        body = json.dumps({"text": text}).encode()
+        request = urllib.request.Request(url + "api/analyze", data=body, headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        with LOOPBACK.open(request, timeout=300) as response:
+            response.read()
+        return time.perf_counter() - start
+
+    def client(index: int) -> list[float]:
+        return [post(f"{SEED} {words[index * requests + i]}") for i in range(requests)]
+
+    post(SEED)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(WEB_CLIENTS) as pool:
+        latencies = [seconds for each in pool.map(client, range(WEB_CLIENTS)) for seconds in each]
+    return latencies, time.perf_counter() - start
 
 
 def machine() -> dict[str, str]:
@@ -321,17 +388,13 @@ def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naiv
     figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
 
 
-def cli_cold_starts(shape: Shape, handle: LoadedModel, figures: list[Figure], device: str) -> None:
+def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`)."""
-    with tempfile.TemporaryDirectory() as folder:
-        handle.model.save_pretrained(folder)
-        handle.tokenizer.save_pretrained(folder)
-        sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
-        for name, source in sources:
-            runs = [cold_start(["analyze", SEED, "--model", source, "--format", "json", "--device", device]) for _ in range(shape.cold_runs)]
-            first = statistics.median(r[0] for r in runs)
-            detail = f"median of {shape.cold_runs} fresh processes, seed sentence, --format json"
-            figures.append(Figure("4. CLI cold start to first output", name, first * 1e3, "ms", detail))
+    for name, source in sources:
+        runs = [cold_start(["analyze", SEED, "--model", source, "--format", "json", "--device", device]) for _ in range(shape.cold_runs)]
+        first = statistics.median(r[0] for r in runs)
+        detail = f"median of {shape.cold_runs} fresh processes, seed sentence, --format json"
+        figures.append(Figure("4. CLI cold start to first output", name, first * 1e3, "ms", detail))
 
 
 def memory(shape: Shape, figures: list[Figure], device: str) -> None:
@@ -398,9 +461,13 @@ def main() -> None:
     models = [handle] + ([load_model(BUNDLED, device=args.device)] if shape.bundled else [])
     for each in models:
         measure_model(each, shape, figures, naive=not args.no_naive)
-    cli_cold_starts(shape, handle, figures, args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        handle.model.save_pretrained(folder)
+        handle.tokenizer.save_pretrained(folder)
+        sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
+        cli_cold_starts(sources, shape, figures, args.device)
+        figures += web_latency(sources, shape)
     memory(shape, figures, args.device)
-    figures += web_latency()
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))
