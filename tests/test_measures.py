@@ -9,7 +9,7 @@ from plain import assert_matches_plain, plain_measures, reference_rows
 
 from attention_encodings import InputError, analyze, load_model
 from attention_encodings.analysis import reference_for
-from attention_encodings.metrics import measure, top_k_overlap
+from attention_encodings.metrics import ROW_FLOATS, blocked_top_k, measure, top_k_overlap
 from attention_encodings.trace import encode, trace
 
 CASES = [(family, reference) for family in FAMILIES for reference in ("embedding", "word") if family != "electra"]
@@ -64,7 +64,8 @@ def test_chunking_does_not_change_results(tiny_roberta, per_chunk):
     space = reference_for(handle, "embedding")
     whole = measure(states, encoding.input_ids, offsets, space, top_k=30, neighbours=10)
     calls = []
-    chunk_bytes = per_chunk * states.shape[0] * space.vocab_size * 4
+    width = -(-space.vocab_size // ROW_FLOATS) * ROW_FLOATS
+    chunk_bytes = per_chunk * states.shape[0] * width * 4
     chunked = measure(
         states, encoding.input_ids, offsets, space, top_k=30, neighbours=10, chunk_bytes=chunk_bytes,
         progress=lambda done, total: calls.append((done, total)),
@@ -92,6 +93,21 @@ def test_rank_counts_every_item_above_the_own_score(tiny_roberta):
         result = measure(states, token_ids, offsets, space, top_k=5, neighbours=3)
         assert (result.rank[-1] == expected).all()
     assert measure(states, ids, offsets, space, top_k=space.vocab_size, neighbours=0).overlap.max() == space.vocab_size
+
+
+@pytest.mark.parametrize(("rows", "blocks", "k"), [(3, 10, 2), (5, 40, 7), (2, 8, 4), (4, 300, 100)])
+def test_blocked_top_k_is_exact(rows, blocks, k):
+    """Top-k through block maxima gives torch.topk's values, and ids that point at them, ties and -inf padding
+    included (a few rows are mostly one repeated value)."""
+    torch.manual_seed(rows * blocks + k)
+    scores = torch.randn(rows, blocks * ROW_FLOATS)
+    scores[0, ROW_FLOATS:] = 0.25
+    scores[-1, -ROW_FLOATS // 2 :] = -torch.inf
+    values, ids = blocked_top_k(scores, k)
+    expected = scores.topk(k, dim=-1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(scores.gather(-1, ids), values)
+    assert all(len(set(row)) == k for row in ids.tolist())
 
 
 def test_top_k_overlap_counts_shared_ids():
