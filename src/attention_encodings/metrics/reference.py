@@ -68,7 +68,7 @@ class WordReference(ReferenceSpace):
                 f"but this model projects them to {parts.projection_weight.shape[0]}; use the embedding reference"
             )
         self.unit_t = (word / word.norm(dim=-1, keepdim=True).clamp_min(_TINY)).T.contiguous()
-        """(h, V): unit rows, stored transposed because the BLAS runs x @ Eᵀ fastest from that layout."""
+        """(h, V): unit rows, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
 
     def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, h = states.shape
@@ -105,7 +105,7 @@ class EmbeddingReference(ReferenceSpace):
         self.bias_back = self._transpose_map(self.bias)
         self.row_bias = centred @ self.bias_back
         self.centred_t = centred.T.contiguous()
-        """(e, V): the centred E, stored transposed because the BLAS runs x @ Eᵀ fastest from that layout."""
+        """(e, V): the centred E, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
         self.bias_sq = self.bias @ self.bias
 
     def _transpose_map(self, x: Tensor) -> Tensor:
