@@ -9,7 +9,7 @@ from plain import assert_matches_plain, plain_measures, reference_rows
 
 from attention_encodings import InputError, analyze, load_model
 from attention_encodings.analysis import reference_for
-from attention_encodings.metrics import measure, top_k_overlap
+from attention_encodings.metrics import ROW_FLOATS, blocked_top_k, measure, top_k_overlap
 from attention_encodings.trace import encode, trace
 
 CASES = [(family, reference) for family in FAMILIES for reference in ("embedding", "word") if family != "electra"]
@@ -54,7 +54,9 @@ def test_own_reference_row_is_the_layer0_encoding(tiny_dirs, family):
         assert torch.allclose(row, layer0[p], atol=1e-5)
 
 
-def test_chunking_does_not_change_results(tiny_roberta):
+@pytest.mark.parametrize("per_chunk", [1, 4, 5])
+def test_chunking_does_not_change_results(tiny_roberta, per_chunk):
+    """Chunks of 1, 4 and 5 tokens (uneven ones too) reuse one score buffer and give the unchunked results."""
     handle = load_model(str(tiny_roberta))
     encoding = encode(handle, SEED)
     states = trace(handle, encoding).states("resid_mid")
@@ -62,14 +64,50 @@ def test_chunking_does_not_change_results(tiny_roberta):
     space = reference_for(handle, "embedding")
     whole = measure(states, encoding.input_ids, offsets, space, top_k=30, neighbours=10)
     calls = []
-    tiny = measure(
-        states, encoding.input_ids, offsets, space, top_k=30, neighbours=10, chunk_bytes=1,
+    width = -(-space.vocab_size // ROW_FLOATS) * ROW_FLOATS
+    chunk_bytes = per_chunk * states.shape[0] * width * 4
+    chunked = measure(
+        states, encoding.input_ids, offsets, space, top_k=30, neighbours=10, chunk_bytes=chunk_bytes,
         progress=lambda done, total: calls.append((done, total)),
     )
     for name in ("cosine", "rank", "overlap", "neighbour_ids", "neighbour_cosines"):
-        assert torch.allclose(getattr(whole, name).double(), getattr(tiny, name).double(), atol=1e-6), name
+        assert torch.allclose(getattr(whole, name).double(), getattr(chunked, name).double(), atol=1e-6), name
     tokens = len(encoding.input_ids)
-    assert calls == [(i, tokens) for i in range(1, tokens + 1)]
+    step = -(-tokens // -(-tokens // per_chunk))
+    assert calls == [(min(stop, tokens), tokens) for stop in range(step, tokens + step, step)]
+    assert step <= per_chunk
+
+
+def test_rank_counts_every_item_above_the_own_score(tiny_roberta):
+    """The rank is a count, exact to the item: ranks of 0 and of the whole vocabulary minus one both occur."""
+    handle = load_model(str(tiny_roberta))
+    encoding = encode(handle, SEED)
+    states = trace(handle, encoding).states("resid_mid")
+    offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+    space = reference_for(handle, "word")
+    ids = encoding.input_ids
+    scores = space.cosine(states.transpose(0, 1), offsets)
+    lowest = scores.argmin(dim=-1).transpose(0, 1)
+    best = scores.argmax(dim=-1).transpose(0, 1)
+    for token_ids, expected in ((best[-1], 0), (lowest[-1], space.vocab_size - 1)):
+        result = measure(states, token_ids, offsets, space, top_k=5, neighbours=3)
+        assert (result.rank[-1] == expected).all()
+    assert measure(states, ids, offsets, space, top_k=space.vocab_size, neighbours=0).overlap.max() == space.vocab_size
+
+
+@pytest.mark.parametrize(("rows", "blocks", "k"), [(3, 10, 2), (5, 40, 7), (2, 8, 4), (4, 300, 100)])
+def test_blocked_top_k_is_exact(rows, blocks, k):
+    """Top-k through block maxima gives torch.topk's values, and ids that point at them, ties and -inf padding
+    included (a few rows are mostly one repeated value)."""
+    torch.manual_seed(rows * blocks + k)
+    scores = torch.randn(rows, blocks * ROW_FLOATS)
+    scores[0, ROW_FLOATS:] = 0.25
+    scores[-1, -ROW_FLOATS // 2 :] = -torch.inf
+    values, ids = blocked_top_k(scores, k)
+    expected = scores.topk(k, dim=-1)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(scores.gather(-1, ids), values)
+    assert all(len(set(row)) == k for row in ids.tolist())
 
 
 def test_top_k_overlap_counts_shared_ids():

@@ -214,8 +214,10 @@ def test_serve_command_starts_a_server_a_user_can_reach():
     command = [sys.executable, "-m", "attention_encodings", "serve", "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
     try:
-        line = process.stdout.readline().decode()
-        assert line.startswith(f"attention-encodings: serving http://127.0.0.1:{port}/"), process.stderr.read()
+        model_line, serving_line = process.stdout.readline().decode(), process.stdout.readline().decode()
+        assert model_line.startswith("model 'default': all-MiniLM-L6-v2 (bundled) (offline default, because")
+        assert model_line.rstrip().endswith(" on cpu")
+        assert serving_line.startswith(f"attention-encodings: serving http://127.0.0.1:{port}/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             (model,) = http.get("/api/models").json()["models"]
             assert model["id"] == "default" and "bundled" in model["label"]

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import InputError
 from .metrics import DEFAULT_REFERENCE, Progress, ReferenceSpace, check_reference, measure, reference_space
-from .models import LoadedModel, load_model
+from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .trace import DEFAULT_TAP, check_tap, encode, trace
 
 DEFAULT_TOP_K = 100
@@ -229,18 +229,26 @@ def analyze(
     *,
     truncate: bool = False,
     progress: Progress | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Analysis:
     """Trace `text` through `model` and measure every token at every layer.
 
     `model` is a hub id, a local directory, `"bundled"`, a handle from `load_model`, or None for the
-    default (roberta-base if it can be loaded, else the bundled all-MiniLM-L6-v2). Bad input raises
-    `InputError`; a model that cannot be loaded raises `ModelLoadError`.
+    default (roberta-base if it can be loaded, else the bundled all-MiniLM-L6-v2). `device` (cpu, cuda,
+    auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
+    Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
     check_tap(tap)
     check_reference(reference)
     _check_count("top_k", top_k, minimum=1)
     _check_count("neighbours", neighbours, minimum=0)
-    handle = model if isinstance(model, LoadedModel) else load_model(model)
+    if isinstance(model, LoadedModel):
+        if device is not None or dtype is not None:
+            raise InputError("device and dtype apply when analyze() loads the model; pass them to load_model()")
+        handle = model
+    else:
+        handle = load_model(model, device=device or DEFAULT_DEVICE, dtype=dtype or DEFAULT_DTYPE)
     _check_count("top_k", top_k, minimum=1, maximum=handle.vocab_size)
     _check_count("neighbours", neighbours, minimum=0, maximum=handle.vocab_size)
     space = reference_for(handle, reference)

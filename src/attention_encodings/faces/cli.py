@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Annotated, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import Progress
@@ -21,7 +22,19 @@ from transformers.utils import logging as hf_logging
 from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
 from ..errors import AttentionEncodingsError, InputError
 from ..metrics import DEFAULT_REFERENCE, REFERENCES, check_reference
-from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, load_model
+from ..models import (
+    ADAPTERS,
+    BUNDLED_ALIAS,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEVICES,
+    DTYPES,
+    bundled_model_dir,
+    cached_models,
+    load_model,
+    set_threads,
+    usable_cpus,
+)
 from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
 from ..trace import DEFAULT_TAP, TAPS, check_tap
 from ..views import FIGURES, FILE_TYPES, check_figure, check_file_type, figure, save
@@ -133,17 +146,31 @@ TopKOption = Annotated[int, typer.Option("--top-k", help="Neighbourhood size for
 NeighboursOption = Annotated[int, typer.Option(help="Nearest vocabulary items to report per token and layer.")]
 TokenOption = Annotated[Optional[str], typer.Option(help="Focus on one token: its index, or its text (first match).")]
 TruncateOption = Annotated[bool, typer.Option(help="Cut text longer than the model's limit instead of refusing it.")]
+DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {', '.join(DEVICES)} (auto: CUDA if available).")]
+DtypeOption = Annotated[str, typer.Option(help=f"Model precision: {', '.join(DTYPES)} (the measures stay float32).")]
+ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: one per usable core).")]
 
 
 def run_analysis(
-    text: str, model: str | None, tap: str, reference: str, top_k: int, neighbours: int, truncate: bool
+    text: str,
+    model: str | None,
+    tap: str,
+    reference: str,
+    top_k: int,
+    neighbours: int,
+    truncate: bool,
+    device: str,
+    dtype: str,
+    threads: int | None,
 ) -> Analysis:
-    """Read the text, load the model (saying which and why on stderr) and analyse, with a progress bar."""
+    """Read the text, load the model (saying which, why and where on stderr) and analyse, with a progress bar."""
     check_tap(tap)
     check_reference(reference)
+    used = set_threads(threads)
     source = read_text(text)
-    handle = load_model(model)
-    typer.echo(f"model: {handle.label} ({handle.reason})", err=True)
+    handle = load_model(model, device=device, dtype=dtype)
+    placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
+    typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
     with progress_bar("measuring") as progress:
         result = analyze(source, handle, tap, reference, top_k, neighbours, truncate=truncate, progress=progress)
     if result.dropped:
@@ -172,11 +199,14 @@ def analyze_command(
     output_format: Annotated[str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)}.")] = "table",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of standard output.")] = None,
     truncate: TruncateOption = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    threads: ThreadsOption = None,
 ) -> None:
     """Measure cosine, rank and neighbour churn for every token at every layer."""
     if output_format not in FORMATS:
         raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
-    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate)
+    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate, device, dtype, threads)
     if token is not None:
         result = result.select(pick_token(result, token))
     if output_format == "json":
@@ -202,11 +232,14 @@ def plot_command(
     ] = None,
     measure: Annotated[str, typer.Option(help=f"What to draw: {', '.join(FIGURES)} (every chart and the neighbour table).")] = "all",
     truncate: TruncateOption = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    threads: ThreadsOption = None,
 ) -> None:
     """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file."""
     check_figure(measure)
     check_file_type(out)
-    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate)
+    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate, device, dtype, threads)
     selected = None if token is None else pick_token(result, token)
     save(figure(result, measure, selected), out)
     typer.echo(f"wrote {out}", err=True)
@@ -225,10 +258,13 @@ def serve_command(
         ),
     ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
+    device: DeviceOption = DEFAULT_DEVICE,
+    dtype: DtypeOption = DEFAULT_DTYPE,
+    threads: ThreadsOption = None,
 ) -> None:
     """Serve the interactive page and its JSON API (docs at /docs)."""
     allowed = [name.strip() for entry in models or [] for name in entry.split(",") if name.strip()]
-    serve(allowed or [None], host=host, port=port, open_browser=open_browser)
+    serve(allowed or [None], host=host, port=port, open_browser=open_browser, device=device, dtype=dtype, threads=threads)
 
 
 def render_tables(tables: list[Table], out: Path | None) -> None:
@@ -267,6 +303,14 @@ def models_command() -> None:
         _console(sys.stdout, cached).print(cached)
     else:
         typer.echo("no models in the local Hugging Face cache")
+    typer.echo(f"\ndevices: cpu ({usable_cpus()} usable cores); cuda: {cuda_summary()}")
+
+
+def cuda_summary() -> str:
+    """The CUDA GPUs torch can use, or why there are none."""
+    if not torch.cuda.is_available():
+        return "not available (--device auto uses the CPU)"
+    return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ from .._version import __version__
 from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
 from ..errors import InputError
 from ..metrics import DEFAULT_REFERENCE, REFERENCES
-from ..models import LoadedModel, load_model
+from ..models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model, set_threads
 from ..trace import DEFAULT_TAP, TAPS
 from ..views import chart_specs, default_token, vega_javascript
 
@@ -70,6 +70,7 @@ class ServedModel(BaseModel):
     layers: int
     vocab_size: int
     max_tokens: int = Field(description="The longest text this server accepts with this model, in tokens.")
+    device: str = Field(description="Where the model runs (cpu, cuda:0, …).")
 
 
 class ServerInfo(BaseModel):
@@ -88,9 +89,11 @@ CONTRACT = (
 )
 
 
-def load_allowed(names: Sequence[str | None]) -> dict[str, LoadedModel]:
+def load_allowed(
+    names: Sequence[str | None], device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE
+) -> dict[str, LoadedModel]:
     """Load every model the server may run, by the id requests will use (None: the default resolution)."""
-    return {DEFAULT_MODEL_ID if name is None else name: load_model(name) for name in names}
+    return {DEFAULT_MODEL_ID if name is None else name: load_model(name, device=device, dtype=dtype) for name in names}
 
 
 def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
@@ -123,9 +126,12 @@ def _validation_detail(error: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
-def create_app(models: Sequence[str | None] = (None,)) -> FastAPI:
-    """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default)."""
-    allowed = load_allowed(models)
+def create_app(
+    models: Sequence[str | None] = (None,), device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE
+) -> FastAPI:
+    """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default),
+    each loaded once on `device` in `dtype`."""
+    allowed = load_allowed(models, device, dtype)
     served = {
         model_id: ServedModel(
             id=model_id,
@@ -134,6 +140,7 @@ def create_app(models: Sequence[str | None] = (None,)) -> FastAPI:
             layers=handle.num_layers,
             vocab_size=handle.vocab_size,
             max_tokens=min(MAX_TOKENS, handle.max_tokens),
+            device=str(handle.device),
         )
         for model_id, handle in allowed.items()
     }
@@ -143,6 +150,7 @@ def create_app(models: Sequence[str | None] = (None,)) -> FastAPI:
         description="Trace every token through every layer of a transformer encoder and measure how its "
         "representation moves: cosine, rank and neighbour churn.",
     )
+    app.state.served = served
 
     @lru_cache(maxsize=CACHE_SIZE)
     def cached(model_id: str, text: str, tap: str, reference: str, top_k: int, neighbours: int) -> Analysis:
@@ -221,14 +229,25 @@ def listen(host: str, port: int) -> socket.socket:
     return bound
 
 
-def serve(models: Sequence[str | None], host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, open_browser: bool = False) -> None:
+def serve(
+    models: Sequence[str | None],
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    open_browser: bool = False,
+    device: str = DEFAULT_DEVICE,
+    dtype: str = DEFAULT_DTYPE,
+    threads: int | None = None,
+) -> None:
     """Load the allowed models, then serve the page and the API until interrupted."""
-    app = create_app(models)
+    set_threads(threads)
+    app = create_app(models, device, dtype)
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     url = f"http://{shown}:{bound.getsockname()[1]}/"
     if open_browser:
         threading.Timer(1.0, webbrowser.open, [url]).start()
+    for model in app.state.served.values():
+        print(f"model {model.id!r}: {model.label} ({model.reason}) on {model.device}", flush=True)
     print(f"attention-encodings: serving {url} (API docs at {url}docs); Ctrl+C stops", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[bound])

@@ -1,8 +1,9 @@
 """Metrics layer: reference spaces and the measures, as pure tensor functions."""
 
-from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, measure, top_k_overlap
+from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, blocked_top_k, measure, top_k_overlap
 from .reference import (
     DEFAULT_REFERENCE,
+    ROW_FLOATS,
     REFERENCES,
     EmbeddingReference,
     ReferenceSpace,
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_REFERENCE",
     "REFERENCES",
+    "ROW_FLOATS",
     "EmbeddingReference",
     "Measures",
     "Progress",
@@ -23,5 +25,6 @@ __all__ = [
     "check_reference",
     "measure",
     "reference_space",
+    "blocked_top_k",
     "top_k_overlap",
 ]

@@ -6,7 +6,9 @@ For token p at layer l, with x = states[l, p], R_p its reference rows and id_p i
 - overlap[l, p] = |top_k(states[l, p]) ∩ top_k(states[l + 1, p])|
 - neighbours: the n items of highest cosine, with their cosines.
 
-Tokens are processed in chunks so that the (tokens × layers × V) score matrix is never held whole.
+Tokens are processed in chunks so that the (tokens × layers × V) score matrix is never held whole. One buffer
+serves every chunk, its rows padded to ROW_FLOATS (for the GEMM, and for the blocks of `blocked_top_k`); ranks
+are counted in place, after the top-k has read the scores.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import ReferenceSpace
+from .reference import ROW_FLOATS, ReferenceSpace
 
-DEFAULT_CHUNK_BYTES = 256 << 20
-"""Upper bound on the score block held at once (plus a same-shaped boolean mask for the rank count)."""
+DEFAULT_CHUNK_BYTES = 192 << 20
+"""Upper bound on the float32 score block held at once: large enough for an efficient GEMM (about a thousand
+rows for roberta-base), small enough to keep peak memory far below a whole (L·T) × V score matrix."""
 
 Progress = Callable[[int, int], None]
 """Called as progress(tokens_done, tokens_total) after each chunk."""
@@ -59,16 +62,22 @@ def measure(
     """
     layers, tokens, _ = states.shape
     keep = max(top_k, neighbours)
-    step = max(1, chunk_bytes // (layers * reference.vocab_size * 5))
+    vocab = reference.vocab_size
+    width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
+    chunks = -(-tokens * layers * width * 4 // chunk_bytes)
+    step = -(-tokens // min(tokens, chunks))
+    # Scores in padded rows: the padding stays -inf, so it never counts in a rank nor enters a top-k.
+    block = torch.full((step, layers, width), -torch.inf, device=states.device)
     by_token = states.transpose(0, 1)
     pieces = []
     for start in range(0, tokens, step):
         stop = min(tokens, start + step)
-        scores = reference.cosine(by_token[start:stop], offsets[start:stop])
+        padded = block[: stop - start]
+        scores = reference.cosine(by_token[start:stop], offsets[start:stop], out=padded[..., :vocab])
         own = scores.gather(-1, token_ids[start:stop, None, None].expand(-1, layers, 1))
-        rank = (scores > own).sum(dim=-1)
-        top = scores.topk(keep, dim=-1)
-        pieces.append((own.squeeze(-1), rank, top.values, top.indices))
+        values, ids = blocked_top_k(padded, keep)
+        rank = scores.gt_(own).sum(dim=-1)  # overwrites the scores with 0/1, so it comes last; exact below 2**24
+        pieces.append((own.squeeze(-1), rank.long(), values, ids))
         if progress is not None:
             progress(stop, tokens)
     own, rank, values, ids = (torch.cat(part).transpose(0, 1) for part in zip(*pieces))
@@ -79,6 +88,28 @@ def measure(
         neighbour_ids=ids[..., :neighbours],
         neighbour_cosines=values[..., :neighbours],
     )
+
+
+def blocked_top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest scores along the last dimension and their indices, largest first: exactly `Tensor.topk`'s
+    values (the order of equal scores may differ), for contiguous `scores` whose last dimension is a multiple of
+    ROW_FLOATS.
+
+    Each row is cut into blocks of ROW_FLOATS. An item outside the k blocks with the largest maxima has k larger
+    block maxima above it, so those k blocks hold a top k: one max pass, a top-k over the block maxima and one
+    over k blocks' items replace a top-k over the whole row, about half the cost at roberta-base's size.
+    """
+    *lead, width = scores.shape
+    blocks = width // ROW_FLOATS
+    if blocks <= 2 * k:
+        return scores.topk(k, dim=-1)
+    rows = scores.reshape(-1, blocks, ROW_FLOATS)
+    chosen = rows.amax(dim=-1).topk(k, dim=-1, sorted=False).indices
+    first = torch.arange(rows.shape[0], device=scores.device)[:, None] * blocks
+    members = rows.reshape(-1, ROW_FLOATS).index_select(0, (first + chosen).view(-1)).view(-1, k * ROW_FLOATS)
+    values, at = members.topk(k, dim=-1)
+    ids = chosen.gather(1, at // ROW_FLOATS) * ROW_FLOATS + at % ROW_FLOATS
+    return values.view(*lead, k), ids.view(*lead, k)
 
 
 def top_k_overlap(ids: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from .adapters import ADAPTERS, Adapter, EmbeddingParts, adapter_for, supported_families
 from .bundled import BUNDLED_SHA256, bundled_model_dir
+from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES, resolve_device, resolve_dtype, set_threads, usable_cpus
 from .loading import BUNDLED_ALIAS, DEFAULT_MODEL, CachedModel, LoadedModel, cached_models, clear_cache, load_model
 
 __all__ = [
@@ -10,6 +11,10 @@ __all__ = [
     "BUNDLED_SHA256",
     "DEFAULT_MODEL",
     "Adapter",
+    "DEFAULT_DEVICE",
+    "DEFAULT_DTYPE",
+    "DEVICES",
+    "DTYPES",
     "CachedModel",
     "EmbeddingParts",
     "LoadedModel",
@@ -18,5 +23,9 @@ __all__ = [
     "cached_models",
     "clear_cache",
     "load_model",
+    "resolve_device",
+    "resolve_dtype",
+    "set_threads",
     "supported_families",
+    "usable_cpus",
 ]

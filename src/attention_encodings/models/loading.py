@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from ..errors import ModelLoadError
 from .adapters import ADAPTERS, Adapter, adapter_for
 from .bundled import BUNDLED_LABEL, bundled_model_dir, verify_bundled
+from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "FacebookAI/roberta-base"
 """The model the seed post used; tried first when no model is named."""
@@ -49,6 +50,8 @@ class LoadedModel:
     lock: AbstractContextManager[bool] = field(default_factory=threading.RLock, repr=False)
     """Held while the model runs: hooks are per model, so one traced pass at a time. Handles that share
     a model share its lock."""
+    texts: dict[int, str] = field(default_factory=dict, repr=False)
+    """Readable text of the vocabulary ids decoded so far (see `token_texts`)."""
 
     @property
     def num_layers(self) -> int:
@@ -74,35 +77,49 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     def token_texts(self, ids: list[int]) -> list[str]:
-        """Readable text of each vocabulary id; pieces that are partial characters keep their raw form."""
-        decoded = self.tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-        raw = self.tokenizer.convert_ids_to_tokens(ids)
-        return [text if text and "\ufffd" not in text else piece for text, piece in zip(decoded, raw)]
+        """Readable text of each vocabulary id; pieces that are partial characters keep their raw form.
+        Each id is decoded once per handle, since a long input's neighbours name thousands of ids."""
+        missing = sorted(set(ids).difference(self.texts))
+        decoded = self.tokenizer.batch_decode([[i] for i in missing], clean_up_tokenization_spaces=False)
+        raw = self.tokenizer.convert_ids_to_tokens(missing)
+        self.texts.update((i, text if text and "\ufffd" not in text else piece) for i, text, piece in zip(missing, decoded, raw))
+        return [self.texts[i] for i in ids]
 
 
-_requests: dict[str | None, LoadedModel] = {}
-"""Handles by the name asked for (None: the default resolution)."""
-_weights: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase, Adapter, AbstractContextManager[bool]]] = {}
-"""Loaded weights by source, shared by every handle that resolves to the same source."""
+_Placement = tuple[torch.device, torch.dtype]
+_requests: dict[tuple[str | None, _Placement], LoadedModel] = {}
+"""Handles by the name asked for (None: the default resolution) and where they run."""
+_weights: dict[tuple[str, _Placement], tuple[PreTrainedModel, PreTrainedTokenizerBase, Adapter, AbstractContextManager[bool]]] = {}
+"""Loaded weights by source and placement, shared by every handle that resolves to the same ones."""
 _lock = threading.Lock()
 
 
-def load_model(name: str | os.PathLike[str] | None = None) -> LoadedModel:
+def load_model(
+    name: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device = DEFAULT_DEVICE,
+    dtype: str | torch.dtype = DEFAULT_DTYPE,
+) -> LoadedModel:
     """Load a model by hub id, local directory or `"bundled"`; with no name, resolve the default.
 
     The default is roberta-base when it is in the HF cache or can be downloaded, else the bundled
-    all-MiniLM-L6-v2. Results are cached in-process, so repeated calls are free.
+    all-MiniLM-L6-v2. `device` is cpu, cuda (cuda:N) or auto (CUDA when available); `dtype` is the
+    precision the model runs in (the measures are float32 regardless). Results are cached in-process,
+    so repeated calls are free.
     """
     key = None if name is None else os.fspath(name)
+    placement = (resolve_device(device), resolve_dtype(dtype))
     with _lock:
-        if key not in _requests:
-            _requests[key] = _resolve_default() if key is None else _load_named(key)
-        return _requests[key]
+        if (key, placement) not in _requests:
+            found = _resolve_default(placement) if key is None else _load_named(key, placement)
+            _requests[key, placement] = found
+        return _requests[key, placement]
 
 
-def _load(source: str, *, local_only: bool, label: str, reason: str) -> LoadedModel:
-    """Load config, weights and tokenizer through transformers (once per source); never with remote code."""
-    if source not in _weights:
+def _load(source: str, placement: _Placement, *, local_only: bool, label: str, reason: str) -> LoadedModel:
+    """Load config, weights and tokenizer through transformers (once per source and placement); never with
+    remote code."""
+    if (source, placement) not in _weights:
         common = {"local_files_only": local_only, "trust_remote_code": False}
         try:
             config = AutoConfig.from_pretrained(source, **common)
@@ -110,48 +127,48 @@ def _load(source: str, *, local_only: bool, label: str, reason: str) -> LoadedMo
             raise ModelLoadError(f"cannot load a model config from {source!r}: {_first_line(error)}") from error
         adapter = adapter_for(config)
         try:
-            model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **common)
+            model = AutoModel.from_pretrained(source, config=config, dtype=placement[1], **common).to(placement[0])
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(f"cannot load model {source!r}: {_first_line(error)}") from error
-        _weights[source] = (model.eval(), tokenizer, adapter, threading.RLock())
-    model, tokenizer, adapter, lock = _weights[source]
+        _weights[source, placement] = (model.eval(), tokenizer, adapter, threading.RLock())
+    model, tokenizer, adapter, lock = _weights[source, placement]
     return LoadedModel(source, label, reason, model, tokenizer, adapter, lock)
 
 
-def _load_named(name: str) -> LoadedModel:
+def _load_named(name: str, placement: _Placement) -> LoadedModel:
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load(str(path.resolve()), local_only=True, label=path.name, reason=f"local directory {path}")
+        return _load(str(path.resolve()), placement, local_only=True, label=path.name, reason=f"local directory {path}")
     if name == BUNDLED_ALIAS:
-        return _load_bundled("named explicitly")
+        return _load_bundled(placement, "named explicitly")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
         raise ModelLoadError(f"no model directory at {name!r}")
     if _is_cached(name):
-        return _load(name, local_only=True, label=name, reason="named explicitly, from the Hugging Face cache")
+        return _load(name, placement, local_only=True, label=name, reason="named explicitly, from the Hugging Face cache")
     unavailable = _hub_unavailable()
     if unavailable:
         raise ModelLoadError(f"model {name!r} is not in the Hugging Face cache and {unavailable}")
-    return _load(name, local_only=False, label=name, reason="named explicitly, from the Hugging Face hub")
+    return _load(name, placement, local_only=False, label=name, reason="named explicitly, from the Hugging Face hub")
 
 
-def _resolve_default() -> LoadedModel:
+def _resolve_default(placement: _Placement) -> LoadedModel:
     cached = next((name for name in _DEFAULT_CACHE_NAMES if _is_cached(name)), None)
     try:
         if cached:
-            return _load(cached, local_only=True, label="roberta-base", reason="the default, from the HF cache")
+            return _load(cached, placement, local_only=True, label="roberta-base", reason="the default, from the HF cache")
         unavailable = _hub_unavailable()
         if not unavailable:
-            return _load(DEFAULT_MODEL, local_only=False, label="roberta-base", reason="the default, from the hub")
+            return _load(DEFAULT_MODEL, placement, local_only=False, label="roberta-base", reason="the default, from the hub")
         why = f"roberta-base is not in the HF cache and {unavailable}"
     except ModelLoadError as error:
         why = f"roberta-base could not be loaded ({error})"
-    return _load_bundled(f"offline default, because {why}")
+    return _load_bundled(placement, f"offline default, because {why}")
 
 
-def _load_bundled(reason: str) -> LoadedModel:
+def _load_bundled(placement: _Placement, reason: str) -> LoadedModel:
     folder = verify_bundled(bundled_model_dir())
-    return _load(str(folder), local_only=True, label=f"{BUNDLED_LABEL} (bundled)", reason=reason)
+    return _load(str(folder), placement, local_only=True, label=f"{BUNDLED_LABEL} (bundled)", reason=reason)
 
 
 def _is_cached(repo_id: str) -> bool:

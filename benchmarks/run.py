@@ -1,0 +1,485 @@
+"""The benchmark suite: how fast an analysis runs, next to the floor no implementation can beat, in one run.
+
+    python benchmarks/run.py                  # the full run on a roberta-base-shaped model and the bundled one
+    python benchmarks/run.py --smoke          # tiny shapes, a few seconds: checks the script itself (CI runs this)
+    python benchmarks/run.py --json out.json  # also write every figure as JSON
+
+Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
+50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
+the bundled model's WordPiece vocabulary (as written, capitalised and upper-cased), which yields exactly 50,265
+entries and tokenises the seed sentence into 14 tokens, as roberta-base does. The 512-token input is a long
+text analysed with `truncate=True`. Timings are medians of several warm runs; every ratio comes from this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+from transformers.utils import logging as hf_logging
+
+from attention_encodings import analyze, load_model
+from attention_encodings.metrics.reference import padded_rows
+from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
+from attention_encodings.trace import encode, trace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from plain import plain_measures  # noqa: E402  (the test suite's loop-and-sort definition is the naive baseline)
+
+SEED = "Time flies like an arrow. Fruit flies like a banana."
+REFERENCES = ("word", "embedding")
+WEB_CLIENTS = 8
+BUNDLED = "bundled"
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""HTTP to the local server only: any proxy settings are bypassed."""
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The size of one benchmark run: the random model's shape and the workloads."""
+
+    name: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    long_tokens: int
+    sentences: int
+    naive_tokens: int
+    repeats: int
+    cold_runs: int
+    web_requests: int
+    bundled: bool
+
+
+FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True)
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False)
+
+
+@dataclass
+class Figure:
+    """One measured figure of the report."""
+
+    case: str
+    model: str
+    value: float
+    unit: str
+    detail: str = ""
+
+
+def training_words() -> list[str]:
+    """Plain ASCII words from the bundled model's WordPiece vocabulary: a deterministic corpus on disk."""
+    return [w for w in (bundled_model_dir() / "vocab.txt").read_text().split() if w.isascii() and w.isalpha()]
+
+
+def build_tokenizer(folder: Path, vocab: int) -> RobertaTokenizerFast:
+    """A RoBERTa-style byte-level BPE tokenizer with `vocab` entries, trained on `training_words()`."""
+    words = training_words()
+    lines = [" ".join(f(w) for w in words[i : i + 16]) for i in range(0, len(words), 16) for f in (str, str.capitalize, str.upper)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [SEED] * 50 + lines, vocab_size=vocab, min_frequency=1, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizerFast.from_pretrained(str(folder))
+    if len(tokenizer) != vocab:
+        raise SystemExit(f"the benchmark tokenizer has {len(tokenizer)} entries, not {vocab}")
+    return tokenizer
+
+
+def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
+    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse."""
+    tokenizer = build_tokenizer(folder, shape.vocab)
+    config = RobertaConfig(
+        vocab_size=shape.vocab,
+        hidden_size=shape.hidden,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        intermediate_size=shape.intermediate,
+        max_position_embeddings=shape.long_tokens + 2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = RobertaModel(config).eval().to(resolve_device(device))
+    return LoadedModel(shape.name, f"{shape.name} (random weights)", "built by the benchmark", model, tokenizer, adapter_for(config))
+
+
+def long_text(words: int) -> str:
+    """Enough varied English-like text for any token budget: sentences of vocabulary words."""
+    vocabulary = training_words()[2000:]
+    picked = [vocabulary[(i * 7919) % len(vocabulary)] for i in range(words)]
+    return " ".join(" ".join(picked[i : i + 12]).capitalize() + "." for i in range(0, words, 12))
+
+
+def corpus(sentences: int) -> list[str]:
+    """`sentences` short texts of 6 to 30 words, deterministic, for the throughput case."""
+    vocabulary = training_words()[2000:]
+    texts = []
+    for i in range(sentences):
+        length = 6 + (i * 5) % 25
+        texts.append(" ".join(vocabulary[(i * 131 + j * 7919) % len(vocabulary)] for j in range(length)).capitalize() + ".")
+    return texts
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so wall-clock timings are honest on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_together(runs: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall-clock seconds of each run over `repeats` rounds, after one warm-up round. The runs take
+    turns within each round, so a change in the machine's load touches them all alike and ratios stay fair."""
+    for run in runs.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def floor(handle: LoadedModel, text: str) -> tuple[Callable[[], object], Callable[[], object], int]:
+    """The two unavoidable steps on `text`, to be timed: the model's forward pass with `output_hidden_states=True`,
+    and the float32 GEMM of every tapped vector (L·T × d) against the vocabulary matrix (d × V), in the fastest
+    layout found for torch's BLAS: the vocabulary matrix transposed and contiguous, the result written into a
+    buffer allocated once (paging in a fresh (L·T) × V result is not counted) whose rows are padded to a
+    multiple of 64 floats (an odd row length makes MKL's GEMM about 30 % slower); and T."""
+    encoding = encode(handle, text, truncate=True)
+    types = None if encoding.token_type_ids is None else encoding.token_type_ids[None]
+    inputs = handle.adapter.forward_inputs(encoding.input_ids[None], encoding.position_ids[None], types)
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return handle.model(**inputs, output_hidden_states=True)
+
+    states = trace(handle, encoding).states("resid_mid").float()
+    tapped = states.reshape(-1, states.shape[-1])
+    vocabulary = handle.model.get_input_embeddings().weight.detach().float().T.contiguous()
+    scores = padded_rows(tapped.shape[0], vocabulary.shape[1], tapped.device)
+    return forward, partial(torch.mm, tapped, vocabulary, out=scores), len(encoding.input_ids)
+
+
+def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -> float:
+    """Seconds per token of the plain loop (a full vocabulary argsort per token and layer), after a one-token
+    warm-up, timed on the first `tokens` tokens of `text`: the loop's cost per token does not depend on T."""
+    encoding = encode(handle, text, truncate=True)
+    states = trace(handle, encoding).states("resid_mid")
+    plain_measures(handle, encoding, states[:, :1], reference, 100, 15)
+    start = time.perf_counter()
+    plain_measures(handle, encoding, states[:, :tokens], reference, 100, 15)
+    return (time.perf_counter() - start) / tokens
+
+
+def rss_child(shape: Shape, case: str, device: str) -> None:
+    """Run one case in this fresh process and print its memory as JSON: RSS with the model loaded, and the peak."""
+    with tempfile.TemporaryDirectory() as folder:
+        handle = load_model(BUNDLED, device=device) if shape.name == BUNDLED else random_model(shape, Path(folder), device)
+    model_rss = resident_kib("VmRSS")
+    reset = reset_peak()
+    text = SEED if case == "seed" else long_text(shape.long_tokens)
+    analyze(text, handle, truncate=True)
+    print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM"), "peak_reset": reset}))
+
+
+def resident_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS: now; VmHWM: the peak), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise SystemExit(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (Linux: clear_refs 5), so the peak measured next is the case's own; where
+    that is refused, the peak also covers loading the model, which overstates the case's memory."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss(shape: Shape, cases: tuple[str, ...], device: str) -> dict[str, dict[str, int]]:
+    """Memory of each case, each measured in its own fresh interpreter; the interpreters run side by side."""
+    children = {
+        case: subprocess.Popen(
+            [sys.executable, __file__, "--rss-child", case, "--shape", shape.name, "--device", device],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for case in cases
+    }
+    found = {}
+    for case, child in children.items():
+        out, error = child.communicate(timeout=900)
+        if child.returncode:
+            raise SystemExit(f"the memory case {case!r} failed: {error.strip()}")
+        found[case] = json.loads(out.strip().splitlines()[-1])
+    return found
+
+
+def cold_start(arguments: list[str]) -> tuple[float, float]:
+    """Seconds from launching the CLI to its first byte on stdout, and to its exit (a fresh interpreter)."""
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "attention_encodings", *arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.read(1)
+    first_s = time.perf_counter() - start
+    _, error = process.communicate(timeout=900)
+    if process.returncode or not first:
+        raise SystemExit(f"the CLI failed: {error.decode(errors='replace').strip()}")
+    return first_s, time.perf_counter() - start
+
+
+def web_latency(sources: list[tuple[str, str]], shape: Shape) -> list[Figure]:
+    """Case 6: p50 and p95 latency of POST /api/analyze under WEB_CLIENTS concurrent clients, each model served by
+    `attention-encodings serve` in its own process; skipped, saying so, where this tree has no web server."""
+    case = f"6. web API latency, {WEB_CLIENTS} concurrent clients"
+    try:
+        import attention_encodings.faces.server  # noqa: F401
+    except ImportError:
+        print(f"{case}: server not available (attention_encodings.faces.server cannot be imported); skipped")
+        return []
+    figures = []
+    for name, source in sources:
+        with served(source) as url:
+            latencies, wall = load_test(url, shape.web_requests)
+        percentiles = statistics.quantiles(latencies, n=20, method="inclusive")
+        detail = f"{WEB_CLIENTS} clients × {shape.web_requests} requests, seed sentence + one distinct word each"
+        figures.append(Figure(f"{case}: p50", name, statistics.median(latencies) * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: p95", name, percentiles[18] * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: throughput", name, len(latencies) / wall, "requests/s", detail))
+    return figures
+
+
+@contextmanager
+def served(source: str) -> Iterator[str]:
+    """The web server for one model, started in a fresh process on a free loopback port; yields its URL."""
+    command = [sys.executable, "-m", "attention_encodings", "serve", "--models", source, "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        found = next(filter(None, (re.search(r"serving (http://\S+/)", line) for line in process.stdout)), None)
+        if found is None or not answers(found.group(1) + "api/models", within=120):
+            process.kill()
+            raise SystemExit(f"the web server did not start: {process.communicate()[1].strip()}")
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+def answers(url: str, within: float) -> bool:
+    """Whether a GET of `url` succeeds within `within` seconds (the server announces its port before it listens)."""
+    deadline = time.perf_counter() + within
+    while time.perf_counter() < deadline:
+        try:
+            with LOOPBACK.open(url, timeout=10) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def load_test(url: str, requests: int) -> tuple[list[float], float]:
+    """Seconds of each request from WEB_CLIENTS threads sending `requests` analyses each, and the wall time. Every
+    text is distinct, so the server's result cache never answers; loopback only, proxies bypassed."""
+    words = training_words()[3000:]
+
+    def post(text: str) -> float:
+        body = json.dumps({"text": text}).encode()
+        request = urllib.request.Request(url + "api/analyze", data=body, headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        with LOOPBACK.open(request, timeout=300) as response:
+            response.read()
+        return time.perf_counter() - start
+
+    def client(index: int) -> list[float]:
+        return [post(f"{SEED} {words[index * requests + i]}") for i in range(requests)]
+
+    post(SEED)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(WEB_CLIENTS) as pool:
+        latencies = [seconds for each in pool.map(client, range(WEB_CLIENTS)) for seconds in each]
+    return latencies, time.perf_counter() - start
+
+
+def machine() -> dict[str, str]:
+    """The machine the figures were measured on."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    memory_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {
+        "cpu": model,
+        "cpus": str(len(os.sched_getaffinity(0))),
+        "memory": f"{memory_kib / 2**20:.1f} GiB",
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+    }
+
+
+def label(handle: LoadedModel) -> str:
+    """A short name for the report."""
+    return handle.label.replace(" (random weights)", "").replace(" (bundled)", "")
+
+
+def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naive: bool) -> None:
+    """Cases 1 to 3 on one model, with the floor and the naive loop at the long input."""
+    name, repeats, device = label(handle), shape.repeats, handle.device
+    seed_forward, seed_gemm, seed_tokens = floor(handle, SEED)
+    runs = {"forward": seed_forward, "gemm": seed_gemm}
+    runs.update({r: partial(analyze, SEED, handle, reference=r) for r in REFERENCES})
+    seed = timed_together(runs, repeats, device)
+    seed_floor = seed["forward"] + seed["gemm"]
+    figures.append(Figure(f"floor: total, {seed_tokens} tokens", name, seed_floor * 1e3, "ms", "forward pass + GEMM"))
+    for reference in REFERENCES:
+        case = f"1. seed sentence ({seed_tokens} tokens), {reference}"
+        figures.append(Figure(case, name, seed[reference] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: analysis / floor", name, seed[reference] / seed_floor, "×"))
+    text = long_text(shape.long_tokens)
+    forward, gemm, tokens = floor(handle, text)
+    runs = {"forward": forward, "gemm": gemm}
+    runs.update({r: partial(analyze, text, handle, reference=r, truncate=True) for r in REFERENCES})
+    seconds = timed_together(runs, repeats, device)
+    floor_s = seconds["forward"] + seconds["gemm"]
+    figures.append(Figure(f"floor: forward pass, {tokens} tokens", name, seconds["forward"] * 1e3, "ms", "output_hidden_states=True"))
+    width = handle.model.config.hidden_size
+    gemm_detail = f"({handle.num_layers + 1}·{tokens})×{width} by {width}×{handle.vocab_size}"
+    figures.append(Figure(f"floor: GEMM, {tokens} tokens", name, seconds["gemm"] * 1e3, "ms", gemm_detail))
+    figures.append(Figure(f"floor: total, {tokens} tokens", name, floor_s * 1e3, "ms"))
+    for reference in REFERENCES:
+        whole = seconds[reference]
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}", name, whole * 1e3, "ms"))
+        figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: analysis / floor", name, whole / floor_s, "×"))
+        if naive:
+            per_token = naive_seconds(handle, text, reference, shape.naive_tokens)
+            naive_s = seconds["forward"] + per_token * tokens
+            detail = f"forward + {per_token * 1e3:.0f} ms/token × {tokens}, timed on {shape.naive_tokens} tokens"
+            figures.append(Figure(f"naive loop ({tokens} tokens), {reference}", name, naive_s * 1e3, "ms", detail))
+            figures.append(Figure(f"2. long input ({tokens} tokens), {reference}: speed-up over naive", name, naive_s / whole, "×"))
+    texts = corpus(shape.sentences)
+    total = sum(len(encode(handle, t, truncate=True).input_ids) for t in texts)
+    batch = timed_together({"batch": lambda: [analyze(t, handle, truncate=True) for t in texts]}, max(1, repeats // 2), device)
+    detail = f"{len(texts)} sentences, {total} tokens, embedding reference, one analyze() per sentence"
+    figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
+
+
+def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`)."""
+    for name, source in sources:
+        runs = [cold_start(["analyze", SEED, "--model", source, "--format", "json", "--device", device]) for _ in range(shape.cold_runs)]
+        first = statistics.median(r[0] for r in runs)
+        detail = f"median of {shape.cold_runs} fresh processes, seed sentence, --format json"
+        figures.append(Figure("4. CLI cold start to first output", name, first * 1e3, "ms", detail))
+
+
+def memory(shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 5: peak RSS of cases 1 and 2, each in a fresh process, and how far it rises above the loaded model."""
+    shapes = [shape] + ([replace(shape, name=BUNDLED)] if shape.bundled else [])
+    for each in shapes:
+        for case, found in peak_rss(each, ("seed", "long"), device).items():
+            name = "all-MiniLM-L6-v2" if each.name == BUNDLED else each.name
+            peak, above = found["peak_kib"] / 2**20, (found["peak_kib"] - found["model_kib"]) / 2**20
+            detail = "embedding reference, fresh process" + ("" if found["peak_reset"] else "; peak includes loading")
+            figures.append(Figure(f"5. peak RSS, {case} case", name, peak, "GiB", detail))
+            figures.append(Figure(f"5. peak RSS above the loaded model, {case} case", name, above, "GiB", "reference space included"))
+
+
+def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, bool]]:
+    """The issue's targets at the long input on the random model: (what, measured, goal, met)."""
+    found = {(f.case, f.model): f.value for f in figures}
+    tokens = shape.long_tokens
+    checks = []
+    for reference, limit in (("word", 1.2), ("embedding", 1.5)):
+        ratio = found.get((f"2. long input ({tokens} tokens), {reference}: analysis / floor", shape.name))
+        if ratio is not None:
+            checks.append((f"analysis / floor, {reference}", ratio, f"≤ {limit}", ratio <= limit))
+        speedup = found.get((f"2. long input ({tokens} tokens), {reference}: speed-up over naive", shape.name))
+        if speedup is not None:
+            checks.append((f"speed-up over the naive loop, {reference}", speedup, "≥ 10", speedup >= 10))
+    above = found.get(("5. peak RSS above the loaded model, long case", shape.name))
+    if above is not None:
+        checks.append(("peak RSS above the loaded model, GiB", above, "≤ 1", above <= 1))
+    return checks
+
+
+def report(figures: list[Figure], checks: list[tuple[str, float, str, bool]], info: dict[str, str]) -> str:
+    """The figures and targets as Markdown tables."""
+    lines = ["machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), "", "| case | model | value | unit | detail |", "|---|---|---:|---|---|"]
+    lines += [f"| {f.case} | {f.model} | {f.value:,.2f} | {f.unit} | {f.detail} |" for f in figures]
+    lines += ["", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {what} | {value:.2f} | {goal} | {'yes' if met else 'NO'} |" for what, value, goal, met in checks]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the command line and run every case, or one memory case in a child process."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few seconds: checks the script itself")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as in the CLI)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable core, as the CLI)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    set_threads(args.threads)
+    shape = SMOKE if args.smoke else FULL
+    if args.rss_child:
+        chosen = {FULL.name: FULL, SMOKE.name: SMOKE, BUNDLED: replace(FULL, name=BUNDLED)}[args.shape]
+        rss_child(chosen, args.rss_child, args.device)
+        return
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as folder:
+        handle = random_model(shape, Path(folder), args.device)
+    models = [handle] + ([load_model(BUNDLED, device=args.device)] if shape.bundled else [])
+    for each in models:
+        measure_model(each, shape, figures, naive=not args.no_naive)
+    with tempfile.TemporaryDirectory() as folder:
+        handle.model.save_pretrained(folder)
+        handle.tokenizer.save_pretrained(folder)
+        sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
+        cli_cold_starts(sources, shape, figures, args.device)
+        figures += web_latency(sources, shape)
+    memory(shape, figures, args.device)
+    info = machine()
+    checks = targets(figures, shape)
+    print(report(figures, checks, info))
+    if args.json:
+        payload = {"machine": info, "shape": asdict(shape), "figures": [asdict(f) for f in figures]}
+        payload["targets"] = [{"target": t, "measured": v, "goal": g, "met": m} for t, v, g, m in checks]
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
