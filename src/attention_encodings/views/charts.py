@@ -196,7 +196,8 @@ def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
     }
     x_title = "layer l → l+1" if measure == "overlap" else "layer"
     base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
-        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title=x_title, axis=alt.Axis(labelAngle=0)),
+        # overlap's steps ("0→1") are wider than a cell, so they stand upright instead of running together
+        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title=x_title, axis=alt.Axis(labelAngle=-90 if measure == "overlap" else 0)),
         y=alt.Y(
             "label:N",
             sort=alt.SortField("token_index"),
