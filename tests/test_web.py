@@ -101,6 +101,7 @@ def test_page_analyses_a_typed_sentence(page, server, bundled):
     assert page.input_value("#text") == SEED
     assert "all-MiniLM-L6-v2 (bundled)" in page.inner_text("#model-line")
     assert "named explicitly" in page.inner_text("#model-line")
+    assert "on cpu" in page.inner_text("#model-line")
     text = "The quick brown fox jumps over the lazy dog."
     page.fill("#text", text)
     analyse(page)

@@ -113,7 +113,7 @@ async function analyse(wanted = null) {
 }
 
 function describeModel(model) {
-  $("#model-line").textContent = `Model: ${model.label}, ${model.layers} layers, ${model.vocab_size.toLocaleString()} vocabulary items (${model.reason}).`;
+  $("#model-line").textContent = `Model: ${model.label}, ${model.layers} layers, ${model.vocab_size.toLocaleString()} vocabulary items, on ${model.device} (${model.reason}).`;
 }
 
 function chipText(token) {
