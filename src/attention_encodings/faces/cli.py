@@ -38,9 +38,10 @@ from ..models import (
 from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
 from ..trace import DEFAULT_TAP, TAPS, check_tap
 from ..views import FIGURES, FILE_TYPES, check_figure, check_file_type, figure, save
-from .server import DEFAULT_HOST, DEFAULT_PORT, serve
 
 FORMATS = ("table", "json", "csv")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 
 app = typer.Typer(
     name="attention-encodings",
@@ -263,6 +264,8 @@ def serve_command(
     threads: ThreadsOption = None,
 ) -> None:
     """Serve the interactive page and its JSON API (docs at /docs)."""
+    from .server import serve  # FastAPI and uvicorn load only for this command, not for every CLI start
+
     allowed = [name.strip() for entry in models or [] for name in entry.split(",") if name.strip()]
     serve(allowed or [None], host=host, port=port, open_browser=open_browser, device=device, dtype=dtype, threads=threads)
 

@@ -12,11 +12,12 @@ import sys
 from typing import Any
 
 from ..analysis import Analysis
-from ..views import figure
 
 
 def mimebundle(result: Analysis) -> Any:
     """What a notebook shows for `result`: the MIME bundle of its full figure."""
+    from ..views import figure  # on first display only: `import attention_encodings` need not load Altair
+
     return figure(result)._repr_mimebundle_()
 
 

@@ -33,8 +33,6 @@ from ..models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model, set
 from ..trace import DEFAULT_TAP, TAPS
 from ..views import chart_specs, default_token, vega_javascript
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 DEFAULT_MODEL_ID = "default"
 """The id under which a server started without `--models` offers the default model resolution."""
 MAX_CHARS = 2000
@@ -231,8 +229,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve(
     models: Sequence[str | None],
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str,
+    port: int,
     open_browser: bool = False,
     device: str = DEFAULT_DEVICE,
     dtype: str = DEFAULT_DTYPE,
