@@ -37,7 +37,7 @@ from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from attention_encodings import analyze, load_model
-from attention_encodings.metrics.reference import padded_rows
+from attention_encodings.metrics import padded_rows
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
 from attention_encodings.trace import encode, trace
 

@@ -34,6 +34,10 @@ from transformers import (  # noqa: E402
     DistilBertModel,
     ElectraConfig,
     ElectraModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
     RobertaConfig,
     RobertaModel,
     RobertaTokenizerFast,
@@ -72,10 +76,26 @@ def _config(family: str, vocab_size: int):
             vocab_size=vocab_size, dim=32, n_layers=3, n_heads=4, hidden_dim=64, initializer_range=0.3, **positions
         )
         return DistilBertModel, config
+    if family == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size, n_embd=32, n_layer=3, n_head=4, n_inner=64, n_positions=TINY_MAX_POSITIONS,
+            initializer_range=0.3, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        )
+        return GPT2LMHeadModel, config
+    if family == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=64, max_position_embeddings=TINY_MAX_POSITIONS, initializer_range=0.3,
+            pad_token_id=1, bos_token_id=0, eos_token_id=2, tie_word_embeddings=False,
+        )
+        return LlamaForCausalLM, config
     raise ValueError(family)
 
 
-FAMILIES = ("roberta", "bert", "xlm-roberta", "camembert", "distilbert", "electra")
+ENCODERS = ("roberta", "bert", "xlm-roberta", "camembert", "distilbert", "electra")
+DECODERS = ("gpt2", "llama")
+"""Pre-norm decoders, built with their output heads (GPT2LMHeadModel, LlamaForCausalLM)."""
+FAMILIES = ENCODERS + DECODERS
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,13 @@ TIE = 1e-5
 
 def reference_rows(handle: LoadedModel, encoding: Encoding, p: int, reference: str) -> torch.Tensor:
     """R_p: every vocabulary item's reference encoding in token p's slot, built explicitly (V, h)."""
-    model = handle.model
+    model = handle.model.base_model
+    kind = model.config.model_type
+    if kind == "gpt2":
+        word = model.wte.weight.detach()
+        return word if reference == "word" else word + model.wpe.weight[encoding.position_ids[p]].detach()
+    if kind in ("llama", "qwen2", "qwen3", "mistral"):
+        return model.embed_tokens.weight.detach()  # no absolute positions: the embedding reference is E itself
     emb = model.embeddings
     word = emb.word_embeddings.weight.detach()
     if reference == "word":

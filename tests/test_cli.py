@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import CORPUS, SEED, run_cli
 from plain import assert_matches_plain, plain_measures
-from transformers import GPT2Config
+from transformers import T5Config
 
 from attention_encodings.trace import encode, trace
 
@@ -33,7 +32,7 @@ def test_help():
 def test_analyze_prints_a_table_on_the_bundled_model():
     out, err = _ok(run_cli("analyze", SEED))
     assert "model: all-MiniLM-L6-v2 (bundled) (offline default, because roberta-base is not in the HF cache" in err
-    assert "cosine to the original encoding" in out and "overlap" in out and "rank" in out
+    assert "Cosine to the original encoding" in out and "Overlap: top-100" in out and "Rank: " in out
     assert out.count("flies") == 6  # two tokens, in each of three tables
 
 
@@ -83,9 +82,9 @@ def test_models_command():
 
 
 @pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gpt2")
-    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(folder)
+def t5_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t5")
+    T5Config(num_layers=1, d_model=8, num_heads=2, d_kv=4, d_ff=16).save_pretrained(folder)
     return folder
 
 
@@ -95,7 +94,7 @@ BAD = [
     (["analyze", " ".join([SEED] * 10), "--model", "{tiny}"], None, "accepts at most 38"),
     (["analyze", SEED, "--model", "someone/no-such-model"], None, "not in the Hugging Face cache"),
     (["analyze", SEED, "--model", "./missing-folder"], None, "no model directory"),
-    (["analyze", SEED, "--model", "{gpt2}"], None, "unsupported architecture 'gpt2'"),
+    (["analyze", SEED, "--model", "{t5}"], None, "unsupported architecture 't5'"),
     (["analyze", SEED, "--tap", "resid_pre"], None, "unknown tap"),
     (["analyze", SEED, "--reference", "unembed"], None, "unknown reference"),
     (["analyze", SEED, "--model", "{tiny}", "--top-k", "0"], None, "top_k must be at least 1"),
@@ -109,8 +108,8 @@ BAD = [
 
 
 @pytest.mark.parametrize(("args", "stdin", "message"), BAD, ids=[case[2] for case in BAD])
-def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, tiny_roberta, gpt2_dir):
-    args = [a.replace("{tiny}", str(tiny_roberta)).replace("{gpt2}", str(gpt2_dir)) for a in args]
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, tiny_roberta, t5_dir):
+    args = [a.replace("{tiny}", str(tiny_roberta)).replace("{t5}", str(t5_dir)) for a in args]
     done = run_cli(*args, stdin=stdin)
     err = done.stderr.decode()
     assert done.returncode != 0

@@ -86,7 +86,7 @@ def test_rank_counts_every_item_above_the_own_score(tiny_roberta):
     offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
     space = reference_for(handle, "word")
     ids = encoding.input_ids
-    scores = space.cosine(states.transpose(0, 1), offsets)
+    scores = space.scores(states.transpose(0, 1), offsets)
     lowest = scores.argmin(dim=-1).transpose(0, 1)
     best = scores.argmax(dim=-1).transpose(0, 1)
     for token_ids, expected in ((best[-1], 0), (lowest[-1], space.vocab_size - 1)):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_MAX_POSITIONS, run_python
-from transformers import GPT2Config
+from transformers import T5Config
 
 from attention_encodings import ModelLoadError, UnsupportedArchitectureError, load_model
 from attention_encodings.models import BUNDLED_SHA256, bundled_model_dir, supported_families
@@ -25,10 +25,10 @@ def test_local_directory(tiny_roberta):
 
 
 def test_unsupported_architecture_names_the_supported_families(tmp_path):
-    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    T5Config(num_layers=1, d_model=8, num_heads=2, d_kv=4, d_ff=16).save_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitectureError) as error:
         load_model(str(tmp_path))
-    assert "'gpt2'" in str(error.value)
+    assert "'t5'" in str(error.value)
     for family in ("RoBERTa", "BERT", "XLM-RoBERTa", "DistilBERT", "ELECTRA"):
         assert family in str(error.value)
     assert supported_families() in str(error.value)

@@ -189,14 +189,14 @@ def test_concurrent_requests_equal_serial_ones(server, tiny_roberta):
 
 def test_model_work_never_blocks_the_event_loop(monkeypatch):
     started, release = threading.Event(), threading.Event()
-    real = server_module.analyze
+    real = server_module.analyze_with
 
     def slow(*args, **kwargs):
         started.set()
         assert release.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "analyze", slow)
+    monkeypatch.setattr(server_module, "analyze_with", slow)
     with live_server(["bundled"]) as running, httpx.Client(base_url=running.url, timeout=60) as http:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(http.post, "/api/analyze", json={"text": "Time is an illusion."})

@@ -200,7 +200,7 @@ def test_the_url_restores_the_whole_view(page, server):
     assert (page.input_value("#top_k"), page.input_value("#neighbours")) == ("20", "5")
     assert page.locator(".chip.selected").inner_text().endswith("flies")
     assert "Nearest 5 vocabulary items" in chart_text(page, "neighbours")
-    assert "Top-20 neighbours kept" in chart_text(page, "overlap")
+    assert "Overlap: top-20 neighbours kept" in chart_text(page, "overlap")
 
 
 def test_switching_the_model(page, server, tiny_roberta):

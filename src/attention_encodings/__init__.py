@@ -7,28 +7,34 @@
 """
 
 from ._version import __version__
-from .analysis import Analysis, Neighbour, Token, Trajectory, analyze
-from .errors import AttentionEncodingsError, InputError, ModelLoadError, UnsupportedArchitectureError
+from .analysis import Analysis, Neighbour, Token, Trajectory, analyze, analyze_with
+from .errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError, UnsupportedArchitectureError
 from .faces import notebook
-from .metrics import REFERENCES
+from .metrics import MEASURES, REFERENCES, MeasureInfo
 from .models import LoadedModel, load_model
+from .settings import Settings
 from .trace import TAPS
 
 notebook.register()
 
 __all__ = [
+    "MEASURES",
     "REFERENCES",
     "TAPS",
     "Analysis",
     "AttentionEncodingsError",
     "InputError",
     "LoadedModel",
+    "MeasureInfo",
     "ModelLoadError",
     "Neighbour",
+    "OptionError",
+    "Settings",
     "Token",
     "Trajectory",
     "UnsupportedArchitectureError",
     "__version__",
     "analyze",
+    "analyze_with",
     "load_model",
 ]

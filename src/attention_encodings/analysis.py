@@ -1,7 +1,7 @@
 """The result of tracing one text: `analyze()` and the `Analysis` object, with tidy tables and JSON.
 
-Every measure takes one shape, a `Trajectory` (layers × tokens), so tables, JSON and charts treat
-cosine, rank and overlap alike.
+Every measure takes one shape, a `Trajectory` (layers × tokens) that carries its definition
+(`metrics.MeasureInfo`), so tables, JSON and charts treat every measure alike.
 """
 
 from __future__ import annotations
@@ -16,12 +16,19 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .metrics import DEFAULT_REFERENCE, Progress, ReferenceSpace, check_reference, measure, reference_space
+from .metrics import (
+    DEFAULT_REFERENCE,
+    MEASURES,
+    MeasureInfo,
+    Progress,
+    ReferenceSpace,
+    check_reference,
+    measure,
+    reference_space,
+)
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
-from .trace import DEFAULT_TAP, check_tap, encode, trace
-
-DEFAULT_TOP_K = 100
-DEFAULT_NEIGHBOURS = 15
+from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
+from .trace import DEFAULT_TAP, encode, trace
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,21 @@ class Neighbour:
 
 @dataclass(frozen=True)
 class Trajectory:
-    """One measure over layers × tokens (the shape of tuned-lens's `TrajectoryStatistic`)."""
+    """One measure over layers × tokens (the shape of tuned-lens's `TrajectoryStatistic`), with its definition."""
 
-    name: str
+    info: MeasureInfo
     layers: tuple[int, ...]
-    """Row labels: layers 0..N, or for overlap the first layer l of each pair (l, l + 1)."""
+    """Row labels: layers 0..N, or for a layer-pair measure the first layer l of each pair (l, l + 1)."""
     values: np.ndarray
-    """(len(layers), T), indexed [layer][token]."""
-    description: str
+    """(len(layers), T), indexed [layer][token]. Integer measures mark a missing value with -1, float ones NaN."""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def description(self) -> str:
+        return self.info.description
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.array(self.values, dtype=dtype, copy=copy)
@@ -61,22 +75,40 @@ class Trajectory:
         """The same measure for a slice of the tokens."""
         return replace(self, values=self.values[:, tokens])
 
+    def missing(self) -> np.ndarray:
+        """Where a value is missing (a head-lens target past the last token), as a boolean array."""
+        return self.values < 0 if self.info.integer else np.isnan(self.values)
+
+    def column(self, layers: int) -> pd.api.extensions.ExtensionArray | np.ndarray:
+        """The values as one tidy-frame column over `layers` rows per token, layer-major. A layer-pair measure
+        (null at the last layer) or a nullable one is a nullable Int64 or Float64 column."""
+        full = np.zeros((layers, self.values.shape[1]), dtype=self.values.dtype)
+        null = np.ones(full.shape, dtype=bool)
+        full[: len(self.layers)] = self.values
+        null[: len(self.layers)] = self.missing()
+        if not (self.info.steps or self.info.nullable):
+            return full.reshape(-1)
+        column = pd.array(full.reshape(-1), dtype="Int64" if self.info.integer else "Float64")
+        column[null.reshape(-1)] = pd.NA
+        return column
+
+    def to_list(self) -> list[list[Any]]:
+        """The values as nested lists for JSON, missing ones as null."""
+        return np.where(self.missing(), None, self.values.astype(object)).tolist()
+
 
 @dataclass(frozen=True)
 class Analysis:
-    """Cosine, rank, top-k overlap and neighbours of every token at every layer of one text."""
+    """Every measure and the neighbours of every token at every layer of one text."""
 
     model: str
     """The resolved model id or path."""
     model_label: str
     model_reason: str
-    tap: str
-    reference: str
-    top_k: int
+    settings: Settings
     tokens: tuple[Token, ...]
-    cosine: Trajectory
-    rank: Trajectory
-    overlap: Trajectory
+    measures: dict[str, Trajectory]
+    """Every measure computed, by name, in the order of `metrics.MEASURES`."""
     neighbour_ids: np.ndarray
     """(N+1, T, n) vocabulary ids, nearest first."""
     neighbour_cosines: np.ndarray
@@ -86,14 +118,29 @@ class Analysis:
     dropped: int = 0
     """Tokens cut off the end by truncation."""
 
-    @property
-    def layers(self) -> tuple[int, ...]:
-        """0..N: the embedding output, then one layer per encoder block."""
-        return self.cosine.layers
+    def __getattr__(self, name: str) -> Trajectory:
+        """A measure by name: `result.cosine`, `result.rank`, `result.overlap`, …"""
+        measures = self.__dict__.get("measures") or {}
+        if name in measures:
+            return measures[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute or measure {name!r}")
 
     @property
-    def measures(self) -> dict[str, Trajectory]:
-        return {t.name: t for t in (self.cosine, self.rank, self.overlap)}
+    def tap(self) -> str:
+        return self.settings.tap
+
+    @property
+    def reference(self) -> str:
+        return self.settings.reference
+
+    @property
+    def top_k(self) -> int:
+        return self.settings.top_k
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """0..N: the embedding output, then one layer per block."""
+        return tuple(range(self.neighbour_ids.shape[0]))
 
     def neighbours(self, layer: int, token: int) -> list[Neighbour]:
         """The nearest vocabulary items to `token`'s representation at `layer`."""
@@ -131,31 +178,25 @@ class Analysis:
         return replace(
             self,
             tokens=self.tokens[keep],
-            cosine=self.cosine.take(keep),
-            rank=self.rank.take(keep),
-            overlap=self.overlap.take(keep),
+            measures={name: trajectory.take(keep) for name, trajectory in self.measures.items()},
             neighbour_ids=self.neighbour_ids[:, keep],
             neighbour_cosines=self.neighbour_cosines[:, keep],
             neighbour_texts=self.neighbour_texts[:, keep],
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy table: one row per (token, layer) with cosine, rank and overlap with the next layer."""
-        layers, tokens = self.cosine.values.shape
-        overlap = np.full((layers, tokens), pd.NA, dtype=object)
-        overlap[:-1] = self.overlap.values
-        return pd.DataFrame(
-            {
-                "token_index": np.tile([t.index for t in self.tokens], layers),
-                "token_id": np.tile([t.id for t in self.tokens], layers),
-                "token": np.tile(np.array([t.text for t in self.tokens], dtype=object), layers),
-                "special": np.tile([t.special for t in self.tokens], layers),
-                "layer": np.repeat(self.layers, tokens),
-                "cosine": self.cosine.values.reshape(-1),
-                "rank": self.rank.values.reshape(-1),
-                "overlap_next": pd.array(overlap.reshape(-1), dtype="Int64"),
-            }
-        )
+        """Tidy table: one row per (token, layer), a column per measure (a layer-pair measure such as overlap is
+        named for the step to the next layer, `overlap_next`, and is null at the last layer)."""
+        layers, tokens = len(self.layers), len(self.tokens)
+        columns = {
+            "token_index": np.tile([t.index for t in self.tokens], layers),
+            "token_id": np.tile([t.id for t in self.tokens], layers),
+            "token": np.tile(np.array([t.text for t in self.tokens], dtype=object), layers),
+            "special": np.tile([t.special for t in self.tokens], layers),
+            "layer": np.repeat(self.layers, tokens),
+        }
+        columns |= {t.info.column: t.column(layers) for t in self.measures.values()}
+        return pd.DataFrame(columns)
 
     def neighbours_frame(self) -> pd.DataFrame:
         """Tidy table of neighbours: one row per (token, layer, neighbour)."""
@@ -174,7 +215,8 @@ class Analysis:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON contract: model, tap, reference, top_k, tokens, layers, cosine, rank, overlap, neighbours."""
+        """The JSON contract: model, tap, reference, top_k, tokens, layers, every measure ([layer][token]) and
+        neighbours."""
         layers, tokens, _ = self.neighbour_ids.shape
         return {
             "model": self.model,
@@ -183,9 +225,7 @@ class Analysis:
             "top_k": self.top_k,
             "tokens": [t.__dict__ for t in self.tokens],
             "layers": list(self.layers),
-            "cosine": self.cosine.values.tolist(),
-            "rank": self.rank.values.tolist(),
-            "overlap": self.overlap.values.tolist(),
+            **{name: trajectory.to_list() for name, trajectory in self.measures.items()},
             "neighbours": [
                 [[n.__dict__ for n in self.neighbours(layer, token)] for token in range(tokens)]
                 for layer in range(layers)
@@ -210,13 +250,20 @@ def reference_for(handle: LoadedModel, name: str) -> ReferenceSpace:
         return spaces[name]
 
 
-def _check_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"{name} must be a whole number, not {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = "" if maximum is None else f" and at most the vocabulary size, {maximum}"
-        raise InputError(f"{name} must be at least {minimum}{upper}; got {value}")
-    return int(value)
+def _check_at_most_vocabulary(settings: Settings, handle: LoadedModel) -> None:
+    for name in ("top_k", "neighbours"):
+        value = getattr(settings, name)
+        if value > handle.vocab_size:
+            minimum = 1 if name == "top_k" else 0
+            raise InputError(f"{name} must be at least {minimum} and at most the vocabulary size, {handle.vocab_size}; got {value}")
+
+
+def load_for(settings: Settings, model: LoadedModel | None = None) -> LoadedModel:
+    """The model an analysis with `settings` runs on: `model` when given (it keeps its own device and dtype),
+    else `settings.model` loaded on `settings.device` in `settings.dtype`."""
+    if model is not None:
+        return model
+    return load_model(settings.model, device=settings.device, dtype=settings.dtype)
 
 
 def analyze(
@@ -239,24 +286,35 @@ def analyze(
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
-    check_tap(tap)
-    check_reference(reference)
-    _check_count("top_k", top_k, minimum=1)
-    _check_count("neighbours", neighbours, minimum=0)
-    if isinstance(model, LoadedModel):
-        if device is not None or dtype is not None:
-            raise InputError("device and dtype apply when analyze() loads the model; pass them to load_model()")
-        handle = model
-    else:
-        handle = load_model(model, device=device or DEFAULT_DEVICE, dtype=dtype or DEFAULT_DTYPE)
-    _check_count("top_k", top_k, minimum=1, maximum=handle.vocab_size)
-    _check_count("neighbours", neighbours, minimum=0, maximum=handle.vocab_size)
-    space = reference_for(handle, reference)
-    encoding = encode(handle, text, truncate=truncate)
-    states = trace(handle, encoding).states(tap)
+    handle = model if isinstance(model, LoadedModel) else None
+    if handle is not None and (device is not None or dtype is not None):
+        raise InputError("device and dtype apply when analyze() loads the model; pass them to load_model()")
+    settings = Settings(
+        model=handle.name if handle is not None else (None if model is None else os.fspath(model)),
+        tap=tap,
+        reference=reference,
+        top_k=top_k,
+        neighbours=neighbours,
+        truncate=truncate,
+        device=device or DEFAULT_DEVICE,
+        dtype=dtype or DEFAULT_DTYPE,
+    )
+    return analyze_with(settings, text, handle, progress=progress)
+
+
+def analyze_with(
+    settings: Settings, text: str, model: LoadedModel | None = None, *, progress: Progress | None = None
+) -> Analysis:
+    """`analyze()` driven by a `Settings`, as every face calls it; `model` overrides `settings.model` with a
+    handle that is already loaded."""
+    handle = load_for(settings, model)
+    _check_at_most_vocabulary(settings, handle)
+    space = reference_for(handle, settings.reference)
+    encoding = encode(handle, text, truncate=settings.truncate)
+    states = trace(handle, encoding, taps=(settings.tap,)).states(settings.tap)
     offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
     result = measure(
-        states, encoding.input_ids, offsets, space, top_k=top_k, neighbours=neighbours, progress=progress
+        states, encoding.input_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
     )
     ids = encoding.input_ids.tolist()
     special = set(handle.tokenizer.all_special_ids)
@@ -268,19 +326,18 @@ def analyze(
     unique = np.unique(neighbour_ids)
     texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
     layers = tuple(range(states.shape[0]))
+    values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
     return Analysis(
         model=handle.name,
         model_label=handle.label,
         model_reason=handle.reason,
-        tap=tap,
-        reference=reference,
-        top_k=top_k,
+        settings=settings,
         tokens=tokens,
-        cosine=Trajectory("cosine", layers, result.cosine.cpu().numpy(), "cosine to the token's own reference encoding"),
-        rank=Trajectory("rank", layers, result.rank.cpu().numpy(), "vocabulary items closer than the token's own"),
-        overlap=Trajectory(
-            "overlap", layers[:-1], result.overlap.cpu().numpy(), f"top-{top_k} neighbours kept from layer l to l + 1"
-        ),
+        measures={
+            name: Trajectory(info, layers[:-1] if info.steps else layers, values[name].cpu().numpy())
+            for name, info in MEASURES.items()
+            if name in values
+        },
         neighbour_ids=neighbour_ids,
         neighbour_cosines=result.neighbour_cosines.cpu().numpy(),
         neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],

@@ -17,3 +17,7 @@ class ModelLoadError(AttentionEncodingsError, OSError):
 
 class UnsupportedArchitectureError(ModelLoadError):
     """The model loaded, but its architecture has no adapter here."""
+
+
+class OptionError(InputError):
+    """An option's value is malformed or not one of its choices: a usage error (the command line exits 2)."""

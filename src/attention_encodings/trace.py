@@ -1,24 +1,26 @@
-"""Running the model: tokenise a text, run one forward pass with hooks, and keep every tap.
+"""Running the model: tokenise texts, run one forward pass with hooks, and keep the taps asked for.
 
 Taps are read off the real modules with forward hooks, so they are exactly what the model computes.
 Names follow TransformerLens: layer 0 is the embedding output (`resid_pre` of the first block); for each
-block l = 1..N there are three taps.
+block l = 1..N there are three taps. Several texts trace in one padded batch with an attention mask.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError
+from .errors import InputError, OptionError
 from .models import LoadedModel
 
 TAPS: tuple[str, ...] = ("resid_mid", "attn_ln", "resid_post")
-"""`resid_mid`: attention output + residual, before the attention LayerNorm (the seed's measuring point).
-`attn_ln`: the same vector after that LayerNorm. `resid_post`: the block output, i.e. `hidden_states[l]`."""
+"""`resid_mid`: attention output + residual, the input of the norm that follows it (post-norm blocks: the
+attention LayerNorm; pre-norm blocks: the norm before the MLP). `attn_ln`: that norm's output. `resid_post`: the
+block's output (post-norm: `hidden_states[l]`; pre-norm: also at the last block, before the final norm)."""
 DEFAULT_TAP = "resid_mid"
 
 
@@ -33,23 +35,40 @@ class Encoding:
     dropped: int = 0
     """How many tokens `truncate=True` cut off the end."""
 
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
 
 @dataclass(frozen=True)
 class Trace:
-    """All taps of one forward pass, each an (N+1, T, d) tensor whose row 0 is the embedding output."""
+    """The captured taps of one forward pass over one or more encodings.
 
-    encoding: Encoding
+    Each tap is a (B, N+1, T, d) tensor, T the longest encoding (shorter ones are padded after their end);
+    layer 0 is the embedding output.
+    """
+
+    encodings: tuple[Encoding, ...]
     taps: dict[str, Tensor]
 
-    def states(self, tap: str) -> Tensor:
-        """The (N+1, T, d) states of one tap."""
-        return self.taps[check_tap(tap)]
+    def states(self, tap: str, item: int = 0) -> Tensor:
+        """The (N+1, T_item, d) states of one tap for one encoding, without padding."""
+        return self._tap(tap)[item, :, : len(self.encodings[item])]
+
+    def packed(self, tap: str) -> Tensor:
+        """The (N+1, ΣT, d) states of one tap for every encoding's tokens, in order, without padding."""
+        states = self._tap(tap)
+        return torch.cat([states[item, :, : len(e)] for item, e in enumerate(self.encodings)], dim=1)
+
+    def _tap(self, tap: str) -> Tensor:
+        if check_tap(tap) not in self.taps:
+            raise InputError(f"tap {tap!r} was not captured; this trace holds {', '.join(self.taps)}")
+        return self.taps[tap]
 
 
 def check_tap(tap: str) -> str:
     """Return `tap` if it names a tap, else raise a one-line `InputError`."""
     if tap not in TAPS:
-        raise InputError(f"unknown tap {tap!r}; choose one of: {', '.join(TAPS)}")
+        raise OptionError(f"unknown tap {tap!r}; choose one of: {', '.join(TAPS)}")
     return tap
 
 
@@ -89,50 +108,60 @@ def _first(value: Any) -> Tensor:
     return value[0] if isinstance(value, tuple) else value
 
 
-def trace(handle: LoadedModel, encoding: Encoding) -> Trace:
-    """Run one forward pass and capture layer 0 and, per block, `resid_mid`, `attn_ln` and `resid_post`."""
+def _pad(rows: Sequence[Tensor], value: int) -> Tensor:
+    """Stack 1-d tensors into (B, T_max), padding each after its end."""
+    return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=value)
+
+
+def trace(handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: Sequence[str] = TAPS) -> Trace:
+    """Run one forward pass over `encodings` (one, or several padded into a batch with an attention mask) and
+    capture layer 0 and, per block, the `taps` asked for (default: all three)."""
+    batch = (encodings,) if isinstance(encodings, Encoding) else tuple(encodings)
+    if not batch:
+        raise InputError("nothing to trace: no encodings were given")
+    wanted = tuple(dict.fromkeys(check_tap(tap) for tap in taps))
     adapter = handle.adapter
     blocks = adapter.blocks(handle.model)
-    captured: dict[str, list[Tensor | None]] = {tap: [None] * len(blocks) for tap in TAPS}
+    captured: dict[str, list[Tensor | None]] = {tap: [None] * len(blocks) for tap in wanted}
     embedded: list[Tensor] = []
 
     def keep(tap: str, layer: int):
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
-            captured[tap][layer] = _first(output)[0]
+            captured[tap][layer] = _first(output)
 
         return hook
 
     def keep_norm_input(layer: int):
         def hook(module: nn.Module, args: tuple) -> None:
-            captured["resid_mid"][layer] = args[0][0]
+            captured["resid_mid"][layer] = args[0]
 
         return hook
 
     def keep_embedding(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        embedded.append((args[0] if args else kwargs["hidden_states"])[0])
+        embedded.append(args[0] if args else kwargs["hidden_states"])
 
+    lengths = torch.tensor([len(e) for e in batch], device=handle.device)
+    mask = (torch.arange(int(lengths.max()), device=handle.device) < lengths[:, None]).long()
+    pad = handle.model.config.pad_token_id or 0
+    types = None if batch[0].token_type_ids is None else _pad([e.token_type_ids for e in batch], 0)
+    inputs = adapter.forward_inputs(
+        _pad([e.input_ids for e in batch], pad), _pad([e.position_ids for e in batch], pad), types, mask
+    )
     with handle.lock:
         handles = [blocks[0].register_forward_pre_hook(keep_embedding, with_kwargs=True)]
         for layer, block in enumerate(blocks):
-            norm = adapter.attn_norm(block)
-            handles += [
-                norm.register_forward_pre_hook(keep_norm_input(layer)),
-                norm.register_forward_hook(keep("attn_ln", layer)),
-                block.register_forward_hook(keep("resid_post", layer)),
-            ]
+            norm = adapter.mid_norm(block)
+            if "resid_mid" in wanted:
+                handles.append(norm.register_forward_pre_hook(keep_norm_input(layer)))
+            if "attn_ln" in wanted:
+                handles.append(norm.register_forward_hook(keep("attn_ln", layer)))
+            if "resid_post" in wanted:
+                handles.append(block.register_forward_hook(keep("resid_post", layer)))
         try:
-            inputs = adapter.forward_inputs(
-                encoding.input_ids[None], encoding.position_ids[None], _batch(encoding.token_type_ids)
-            )
             with torch.inference_mode():
-                handle.model(**inputs)
+                adapter.base(handle.model)(**inputs)
         finally:
             for hook_handle in handles:
                 hook_handle.remove()
     layer0 = embedded[0]
-    taps = {tap: torch.stack([layer0, *captured[tap]]) for tap in TAPS}
-    return Trace(encoding=encoding, taps=taps)
-
-
-def _batch(ids: Tensor | None) -> Tensor | None:
-    return None if ids is None else ids[None]
+    return Trace(batch, {tap: torch.stack([layer0, *captured[tap]], dim=1) for tap in wanted})

@@ -6,11 +6,13 @@ Every failure the user can cause ends in one `error: …` line on stderr and a n
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import IO, Annotated, Any, Optional
 
 import torch
 import typer
@@ -19,24 +21,11 @@ from rich.progress import Progress
 from rich.table import Table
 from transformers.utils import logging as hf_logging
 
-from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
-from ..errors import AttentionEncodingsError, InputError
-from ..metrics import DEFAULT_REFERENCE, REFERENCES, check_reference
-from ..models import (
-    ADAPTERS,
-    BUNDLED_ALIAS,
-    DEFAULT_DEVICE,
-    DEFAULT_DTYPE,
-    DEVICES,
-    DTYPES,
-    bundled_model_dir,
-    cached_models,
-    load_model,
-    set_threads,
-    usable_cpus,
-)
+from ..analysis import Analysis, analyze_with, load_for
+from ..errors import AttentionEncodingsError, InputError, OptionError
+from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, set_threads, usable_cpus
 from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
-from ..trace import DEFAULT_TAP, TAPS, check_tap
+from ..settings import Settings, default_of, options
 from ..views import FIGURES, FILE_TYPES, check_figure, check_file_type, figure, save
 
 FORMATS = ("table", "json", "csv")
@@ -85,39 +74,43 @@ def _console(stream: IO[str], renderable: Table) -> Console:
 
 
 def overview_tables(result: Analysis) -> list[Table]:
-    """One table per measure: a row per token, a column per layer."""
-    formats = {"cosine": "{:.3f}", "rank": "{:d}", "overlap": "{:d}"}
-    titles = {
-        "cosine": "cosine to the original encoding",
-        "rank": "rank: vocabulary items closer than the original encoding",
-        "overlap": f"overlap: top-{result.top_k} neighbours kept from layer l to l+1",
-    }
+    """One table per measure: a row per token, a column per layer (or per step l→l+1)."""
     tables = []
-    for name, measure in result.measures.items():
-        table = Table(title=titles[name], title_justify="left", title_style="bold")
+    for measure in result.measures.values():
+        info = measure.info
+        table = Table(title=info.titled(result.settings), title_justify="left", title_style="bold")
         table.add_column("#", justify="right")
         table.add_column("token")
         for layer in measure.layers:
-            table.add_column(f"{layer}→{layer + 1}" if name == "overlap" else f"L{layer}", justify="right")
+            table.add_column(f"{layer}→{layer + 1}" if info.steps else f"L{layer}", justify="right")
         for column, token in enumerate(result.tokens):
-            cells = [formats[name].format(value.item()) for value in measure.values[:, column]]
-            table.add_row(str(token.index), token.text, *cells)
+            table.add_row(str(token.index), token.text, *(_cell(info.format, v) for v in measure.values[:, column]))
         tables.append(table)
     return tables
 
 
+def _cell(number_format: str, value: Any) -> str:
+    """A number as its measure prints it; a missing value (NaN, or -1 for counts) as an empty cell."""
+    value = value.item()
+    missing = value != value if isinstance(value, float) else value < 0
+    return "" if missing else format(value, number_format)
+
+
 def token_table(result: Analysis) -> Table:
-    """Layer-by-layer table for an analysis narrowed to one token."""
+    """Layer-by-layer table for an analysis narrowed to one token: every measure, then its nearest items."""
     token = result.tokens[0]
     table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
-    for header in ("layer", "cosine", "rank", f"overlap→next (top-{result.top_k})", "nearest vocabulary items"):
-        table.add_column(header, justify="left" if header.startswith("nearest") else "right")
+    table.add_column("layer", justify="right")
+    for measure in result.measures.values():
+        header = f"{measure.name}→next (top-{result.top_k})" if measure.info.steps else measure.name
+        table.add_column(header, justify="right")
+    table.add_column("nearest vocabulary items", justify="left")
     for layer in result.layers:
-        overlap = str(int(result.overlap.values[layer, 0])) if layer < len(result.overlap.layers) else ""
+        cells = [
+            _cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for m in result.measures.values()
+        ]
         nearest = ", ".join(f"{n.text.strip() or n.text!r} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])
-        table.add_row(
-            str(layer), f"{result.cosine.values[layer, 0]:.3f}", str(int(result.rank.values[layer, 0])), overlap, nearest
-        )
+        table.add_row(str(layer), *cells, nearest)
     return table
 
 
@@ -132,48 +125,49 @@ def write_output(text: str, out: Path | None) -> None:
 
 
 TextArgument = Annotated[str, typer.Argument(help="The text to analyse, or - to read it from standard input.")]
-ModelOption = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        help=f"Hub id, local directory or '{BUNDLED_ALIAS}'. Default: roberta-base if it can be loaded, "
-        "else the bundled all-MiniLM-L6-v2.",
-    ),
-]
-TapOption = Annotated[str, typer.Option(help=f"Where to read each layer: {', '.join(TAPS)}.")]
-ReferenceOption = Annotated[str, typer.Option(help=f"Reference space: {', '.join(REFERENCES)}.")]
-TopKOption = Annotated[int, typer.Option("--top-k", help="Neighbourhood size for the overlap measure.")]
-NeighboursOption = Annotated[int, typer.Option(help="Nearest vocabulary items to report per token and layer.")]
 TokenOption = Annotated[Optional[str], typer.Option(help="Focus on one token: its index, or its text (first match).")]
-TruncateOption = Annotated[bool, typer.Option(help="Cut text longer than the model's limit instead of refusing it.")]
-DeviceOption = Annotated[str, typer.Option(help=f"Where the model runs: {', '.join(DEVICES)} (auto: CUDA if available).")]
-DtypeOption = Annotated[str, typer.Option(help=f"Model precision: {', '.join(DTYPES)} (the measures stay float32).")]
-ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: one per usable core).")]
+_TYPES: dict[str, Any] = {"str": str, "str | None": Optional[str], "int": int, "int | None": Optional[int], "bool": bool}
+"""Python types of the settings fields, by their (string) annotation."""
 
 
-def run_analysis(
-    text: str,
-    model: str | None,
-    tap: str,
-    reference: str,
-    top_k: int,
-    neighbours: int,
-    truncate: bool,
-    device: str,
-    dtype: str,
-    threads: int | None,
-) -> Analysis:
+def with_settings(*, only: tuple[str, ...] | None = None, **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per `Settings` field (name, help, choices and default from the field; `only`
+    limits which, `defaults` changes a default), collected into its `settings` argument. A new setting is
+    then one field in `settings.py`, and every command offers it."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        chosen = [(item, option) for item, option in options() if only is None or item.name in only]
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+        added = []
+        for item, option in chosen:
+            listed = f": {', '.join(option.choices)}" if option.choices else ""
+            help_text = option.help.removesuffix(".") + listed + "."
+            flag = typer.Option(f"--{item.name.replace('_', '-')}", *option.flags, help=help_text)
+            default = defaults.get(item.name, default_of(item))
+            added.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[_TYPES[item.type], flag]))
+
+        @functools.wraps(command)
+        def run(**given: Any) -> Any:
+            values = {item.name: given.pop(item.name) for item, _ in chosen}
+            return command(**given, settings=Settings(**values))
+
+        parameters = [*own, *added]
+        run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return run
+
+    return decorate
+
+
+def run_analysis(text: str, settings: Settings) -> Analysis:
     """Read the text, load the model (saying which, why and where on stderr) and analyse, with a progress bar."""
-    check_tap(tap)
-    check_reference(reference)
-    used = set_threads(threads)
+    used = set_threads(settings.threads)
     source = read_text(text)
-    handle = load_model(model, device=device, dtype=dtype)
+    handle = load_for(settings)
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
     typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
     with progress_bar("measuring") as progress:
-        result = analyze(source, handle, tap, reference, top_k, neighbours, truncate=truncate, progress=progress)
+        result = analyze_with(settings, source, handle, progress=progress)
     if result.dropped:
         typer.echo(f"note: truncated to {len(result.tokens)} tokens, dropping the last {result.dropped}", err=True)
     return result
@@ -189,25 +183,19 @@ def pick_token(result: Analysis, token: str) -> int:
 
 
 @app.command("analyze")
+@with_settings()
 def analyze_command(
     text: TextArgument,
-    model: ModelOption = None,
-    tap: TapOption = DEFAULT_TAP,
-    reference: ReferenceOption = DEFAULT_REFERENCE,
-    top_k: TopKOption = DEFAULT_TOP_K,
-    neighbours: NeighboursOption = DEFAULT_NEIGHBOURS,
     token: TokenOption = None,
     output_format: Annotated[str, typer.Option("--format", "-f", help=f"Output: {', '.join(FORMATS)}.")] = "table",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file instead of standard output.")] = None,
-    truncate: TruncateOption = False,
-    device: DeviceOption = DEFAULT_DEVICE,
-    dtype: DtypeOption = DEFAULT_DTYPE,
-    threads: ThreadsOption = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Measure cosine, rank and neighbour churn for every token at every layer."""
     if output_format not in FORMATS:
-        raise InputError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
-    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate, device, dtype, threads)
+        raise OptionError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
+    result = run_analysis(text, settings)
     if token is not None:
         result = result.select(pick_token(result, token))
     if output_format == "json":
@@ -220,33 +208,28 @@ def analyze_command(
 
 
 @app.command("plot")
+@with_settings()
 def plot_command(
     text: TextArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FILE_TYPES)}.")],
-    model: ModelOption = None,
-    tap: TapOption = DEFAULT_TAP,
-    reference: ReferenceOption = DEFAULT_REFERENCE,
-    top_k: TopKOption = DEFAULT_TOP_K,
-    neighbours: NeighboursOption = DEFAULT_NEIGHBOURS,
     token: Annotated[
         Optional[str], typer.Option(help="The token to highlight: its index, or its text. Default: the first non-special.")
     ] = None,
     measure: Annotated[str, typer.Option(help=f"What to draw: {', '.join(FIGURES)} (every chart and the neighbour table).")] = "all",
-    truncate: TruncateOption = False,
-    device: DeviceOption = DEFAULT_DEVICE,
-    dtype: DtypeOption = DEFAULT_DTYPE,
-    threads: ThreadsOption = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file."""
     check_figure(measure)
     check_file_type(out)
-    result = run_analysis(text, model, tap, reference, top_k, neighbours, truncate, device, dtype, threads)
+    result = run_analysis(text, settings)
     selected = None if token is None else pick_token(result, token)
     save(figure(result, measure, selected), out)
     typer.echo(f"wrote {out}", err=True)
 
 
 @app.command("serve")
+@with_settings(only=("device", "dtype", "threads"))
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the page to the network.")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
@@ -259,15 +242,14 @@ def serve_command(
         ),
     ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
-    device: DeviceOption = DEFAULT_DEVICE,
-    dtype: DtypeOption = DEFAULT_DTYPE,
-    threads: ThreadsOption = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Serve the interactive page and its JSON API (docs at /docs)."""
     from .server import serve  # FastAPI and uvicorn load only for this command, not for every CLI start
 
     allowed = [name.strip() for entry in models or [] for name in entry.split(",") if name.strip()]
-    serve(allowed or [None], host=host, port=port, open_browser=open_browser, device=device, dtype=dtype, threads=threads)
+    serve(allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings)
 
 
 def render_tables(tables: list[Table], out: Path | None) -> None:
@@ -336,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(error, "exit_code", 2)
     except AttentionEncodingsError as error:
         typer.echo(f"error: {error}", err=True)
-        code = 1
+        code = 2 if isinstance(error, OptionError) else 1
     except BrokenPipeError:
         sys.stderr.close()
         code = 0

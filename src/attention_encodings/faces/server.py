@@ -10,6 +10,7 @@ The page and the API docs (/docs, /redoc) load nothing from a CDN.
 from __future__ import annotations
 
 import socket
+from dataclasses import asdict
 import threading
 import webbrowser
 from collections.abc import Sequence
@@ -23,14 +24,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .._version import __version__
-from ..analysis import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Analysis, analyze
+from ..analysis import Analysis, analyze_with
 from ..errors import InputError
-from ..metrics import DEFAULT_REFERENCE, REFERENCES
-from ..models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model, set_threads
-from ..trace import DEFAULT_TAP, TAPS
+from ..metrics import MEASURES, REFERENCES
+from ..models import LoadedModel, load_model, set_threads
+from ..settings import Settings, default_of, options
+from ..trace import TAPS
 from ..views import chart_specs, default_token, vega_javascript
 
 DEFAULT_MODEL_ID = "default"
@@ -44,19 +46,35 @@ CACHE_SIZE = 32
 STATIC = Path(__file__).with_name("static")
 
 
-class AnalyzeRequest(BaseModel):
-    """What to analyse: the fields mirror `analyze()`'s arguments."""
+LIMITS: dict[str, int] = {"neighbours": MAX_NEIGHBOURS}
+"""Upper bounds a request must keep to, beyond the settings' own."""
 
+
+def _request_field(name: str) -> tuple[Any, Any]:
+    """A request field for one web-settable `Settings` field: its type (a Literal of its choices), default,
+    bounds and help, all from the field."""
+    item, option = next((item, option) for item, option in options() if item.name == name)
+    kind: Any = {"int": int, "bool": bool}.get(str(item.type), str)
+    if option.choices:
+        kind = Literal[option.choices]  # type: ignore[valid-type]
+    bounds = {"ge": option.minimum, "le": LIMITS.get(name), "strict": True if kind in (int, bool) else None}
+    constraints = {key: value for key, value in bounds.items() if value is not None}
+    return kind, Field(default_of(item), description=option.help, **constraints)
+
+
+class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(description=f"The text, at most {MAX_CHARS} characters and {MAX_TOKENS} tokens.")
     model: Optional[str] = Field(None, description="A model id from GET /api/models; default: the first one.")
-    tap: Literal[TAPS] = Field(DEFAULT_TAP, description="Where to read each layer.")  # type: ignore[valid-type]
-    reference: Literal[REFERENCES] = Field(DEFAULT_REFERENCE, description="Reference space.")  # type: ignore[valid-type]
-    top_k: int = Field(DEFAULT_TOP_K, ge=1, strict=True, description="Neighbourhood size for the overlap measure.")
-    neighbours: int = Field(
-        DEFAULT_NEIGHBOURS, ge=0, le=MAX_NEIGHBOURS, strict=True, description="Nearest vocabulary items per token and layer."
-    )
+
+
+AnalyzeRequest = create_model(
+    "AnalyzeRequest",
+    __base__=_Base,
+    __doc__="What to analyse: the text, a served model's id, and every setting a request may choose.",
+    **{item.name: _request_field(item.name) for item, option in options() if option.web},
+)
 
 
 class ServedModel(BaseModel):
@@ -72,9 +90,10 @@ class ServedModel(BaseModel):
 
 
 class ServerInfo(BaseModel):
-    """The models, settings and limits of this server."""
+    """The models, settings and limits of this server, and the definition of every measure."""
 
     models: list[ServedModel]
+    measures: list[dict[str, Any]] = Field(description="Each measure's name, title, description, unit and format.")
     taps: list[str]
     references: list[str]
     defaults: dict[str, Any]
@@ -87,11 +106,13 @@ CONTRACT = (
 )
 
 
-def load_allowed(
-    names: Sequence[str | None], device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE
-) -> dict[str, LoadedModel]:
-    """Load every model the server may run, by the id requests will use (None: the default resolution)."""
-    return {DEFAULT_MODEL_ID if name is None else name: load_model(name, device=device, dtype=dtype) for name in names}
+def load_allowed(names: Sequence[str | None], settings: Settings = Settings()) -> dict[str, LoadedModel]:
+    """Load every model the server may run, by the id requests will use (None: the default resolution), on the
+    device and in the dtype of `settings`."""
+    return {
+        DEFAULT_MODEL_ID if name is None else name: load_model(name, device=settings.device, dtype=settings.dtype)
+        for name in names
+    }
 
 
 def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
@@ -102,6 +123,7 @@ def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
         "model": model.model_dump(),
         "tokens": [token.__dict__ for token in result.tokens],
         "selected": default_token(result),
+        "measures": list(result.measures),
         "charts": specs,
         "datasets": data,
     }
@@ -124,12 +146,10 @@ def _validation_detail(error: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
-def create_app(
-    models: Sequence[str | None] = (None,), device: str = DEFAULT_DEVICE, dtype: str = DEFAULT_DTYPE
-) -> FastAPI:
+def create_app(models: Sequence[str | None] = (None,), settings: Settings = Settings()) -> FastAPI:
     """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default),
-    each loaded once on `device` in `dtype`."""
-    allowed = load_allowed(models, device, dtype)
+    each loaded once on the device and in the dtype of `settings`."""
+    allowed = load_allowed(models, settings)
     served = {
         model_id: ServedModel(
             id=model_id,
@@ -151,8 +171,8 @@ def create_app(
     app.state.served = served
 
     @lru_cache(maxsize=CACHE_SIZE)
-    def cached(model_id: str, text: str, tap: str, reference: str, top_k: int, neighbours: int) -> Analysis:
-        return analyze(text, allowed[model_id], tap, reference, top_k, neighbours)
+    def cached(model_id: str, text: str, settings: Settings) -> Analysis:
+        return analyze_with(settings, text, allowed[model_id])
 
     def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
         model_id = request.model or next(iter(served))
@@ -164,7 +184,8 @@ def create_app(
         limit = served[model_id].max_tokens
         if text.strip() and (count := len(allowed[model_id].tokenizer(text, verbose=False)["input_ids"])) > limit:
             raise InputError(f"text is {count} tokens long; this server accepts at most {limit} with {served[model_id].label}")
-        return served[model_id], cached(model_id, text, request.tap, request.reference, request.top_k, request.neighbours)
+        chosen = request.model_dump(exclude={"text", "model"})
+        return served[model_id], cached(model_id, text, Settings(model=allowed[model_id].name, **chosen))
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
@@ -190,9 +211,10 @@ def create_app(
         """The models this server runs (the first is the default), the taps, references, defaults and limits."""
         return ServerInfo(
             models=list(served.values()),
+            measures=[asdict(info) for info in MEASURES.values()],
             taps=list(TAPS),
             references=list(REFERENCES),
-            defaults={"tap": DEFAULT_TAP, "reference": DEFAULT_REFERENCE, "top_k": DEFAULT_TOP_K, "neighbours": DEFAULT_NEIGHBOURS},
+            defaults={item.name: default_of(item) for item, option in options() if option.web},
             limits={"max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS, "max_neighbours": MAX_NEIGHBOURS},
         )
 
@@ -228,17 +250,12 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    models: Sequence[str | None],
-    host: str,
-    port: int,
-    open_browser: bool = False,
-    device: str = DEFAULT_DEVICE,
-    dtype: str = DEFAULT_DTYPE,
-    threads: int | None = None,
+    models: Sequence[str | None], host: str, port: int, open_browser: bool = False, settings: Settings = Settings()
 ) -> None:
-    """Load the allowed models, then serve the page and the API until interrupted."""
-    set_threads(threads)
-    app = create_app(models, device, dtype)
+    """Load the allowed models, then serve the page and the API until interrupted, placed as `settings` says
+    (device, dtype and threads)."""
+    set_threads(settings.threads)
+    app = create_app(models, settings)
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host

@@ -1,30 +1,40 @@
-"""Metrics layer: reference spaces and the measures, as pure tensor functions."""
+"""Metrics layer: lenses onto the vocabulary (reference spaces), the measures and their definitions, as pure
+tensor functions."""
 
-from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, blocked_top_k, measure, top_k_overlap
+from .catalog import MEASURES, MeasureInfo
+from .lens import ROW_FLOATS, Lens, padded_rows
+from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, Scan, blocked_top_k, measure, scan, top_k_overlap
 from .reference import (
     DEFAULT_REFERENCE,
-    ROW_FLOATS,
     REFERENCES,
     EmbeddingReference,
     ReferenceSpace,
     WordReference,
     check_reference,
+    embedding_is_word,
     reference_space,
 )
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_REFERENCE",
+    "MEASURES",
     "REFERENCES",
     "ROW_FLOATS",
     "EmbeddingReference",
+    "Lens",
+    "MeasureInfo",
     "Measures",
     "Progress",
     "ReferenceSpace",
+    "Scan",
     "WordReference",
-    "check_reference",
-    "measure",
-    "reference_space",
     "blocked_top_k",
+    "check_reference",
+    "embedding_is_word",
+    "measure",
+    "padded_rows",
+    "reference_space",
+    "scan",
     "top_k_overlap",
 ]

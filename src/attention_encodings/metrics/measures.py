@@ -1,10 +1,10 @@
-"""The three measures of the seed post, as pure tensor functions over tapped states.
+"""The measures, as pure tensor functions over tapped states and a lens.
 
-For token p at layer l, with x = states[l, p], R_p its reference rows and id_p its token id:
-- cosine[l, p] = cos(x, R_p[id_p])
-- rank[l, p] = #{v : cos(x, R_p[v]) > cos(x, R_p[id_p])}   (a count, never a sort)
+For token p at layer l, with x = states[l, p], a lens's scores s(x)[v] over the vocabulary and a target id t_p:
+- own[l, p] = s(x)[t_p]; with a reference space this is the cosine, cos(x, R_p[id_p])
+- rank[l, p] = #{v : s(x)[v] > s(x)[t_p]}   (a count, never a sort)
 - overlap[l, p] = |top_k(states[l, p]) ∩ top_k(states[l + 1, p])|
-- neighbours: the n items of highest cosine, with their cosines.
+- neighbours: the n items of highest score, with their scores.
 
 Tokens are processed in chunks so that the (tokens × layers × V) score matrix is never held whole. One buffer
 serves every chunk, its rows padded to ROW_FLOATS (for the GEMM, and for the blocks of `blocked_top_k`); ranks
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .reference import ROW_FLOATS, ReferenceSpace
+from .lens import ROW_FLOATS, Lens
+from .reference import ReferenceSpace
 
 DEFAULT_CHUNK_BYTES = 192 << 20
 """Upper bound on the float32 score block held at once: large enough for an efficient GEMM (about a thousand
@@ -27,6 +28,20 @@ rows for roberta-base), small enough to keep peak memory far below a whole (L·T
 
 Progress = Callable[[int, int], None]
 """Called as progress(tokens_done, tokens_total) after each chunk."""
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What one pass over a lens's scores keeps for every (layer, token); layer-major, like `hidden_states`."""
+
+    own: Tensor
+    """(N+1, T) float32: the target's score; NaN where a token has no target (a causal model's last token)."""
+    rank: Tensor
+    """(N+1, T) int64: items scoring strictly above the target; -1 where a token has no target."""
+    top_values: Tensor
+    """(N+1, T, k) float32, best first."""
+    top_ids: Tensor
+    """(N+1, T, k) int64."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,47 @@ class Measures:
     """(N+1, T, n) float32."""
 
 
+def scan(
+    states: Tensor,
+    targets: Tensor,
+    offsets: Tensor,
+    lens: Lens,
+    *,
+    keep: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress | None = None,
+) -> Scan:
+    """Score `states` (N+1, T, h) through `lens` and keep, per (layer, token), the target's score and rank and
+    the `keep` best items. `targets` (T,) are vocabulary ids, -1 for none; `offsets` (T, e) pass to the lens."""
+    layers, tokens, _ = states.shape
+    vocab = lens.vocab_size
+    width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
+    chunks = -(-tokens * layers * width * 4 // chunk_bytes)
+    step = -(-tokens // min(tokens, chunks))
+    # Scores in padded rows: the padding stays -inf, so it never counts in a rank nor enters a top-k.
+    block = torch.full((step, layers, width), -torch.inf, device=states.device)
+    by_token = states.transpose(0, 1)
+    has_target = targets >= 0
+    pieces = []
+    for start in range(0, tokens, step):
+        stop = min(tokens, start + step)
+        padded = block[: stop - start]
+        scores = lens.scores(by_token[start:stop], offsets[start:stop], out=padded[..., :vocab])
+        own = scores.gather(-1, targets[start:stop].clamp_min(0)[:, None, None].expand(-1, layers, 1))
+        values, ids = blocked_top_k(padded, keep)
+        rank = scores.gt_(own).sum(dim=-1)  # overwrites the scores with 0/1, so it comes last; exact below 2**24
+        pieces.append((own.squeeze(-1), rank.long(), values, ids))
+        if progress is not None:
+            progress(stop, tokens)
+    own, rank, values, ids = (torch.cat(part).transpose(0, 1) for part in zip(*pieces))
+    return Scan(
+        own=own.masked_fill(~has_target, torch.nan),
+        rank=rank.masked_fill(~has_target, -1),
+        top_values=values,
+        top_ids=ids,
+    )
+
+
 def measure(
     states: Tensor,
     token_ids: Tensor,
@@ -60,33 +116,15 @@ def measure(
 
     `offsets` (T, e) are the tokens' slot offsets, passed through to the reference space.
     """
-    layers, tokens, _ = states.shape
-    keep = max(top_k, neighbours)
-    vocab = reference.vocab_size
-    width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
-    chunks = -(-tokens * layers * width * 4 // chunk_bytes)
-    step = -(-tokens // min(tokens, chunks))
-    # Scores in padded rows: the padding stays -inf, so it never counts in a rank nor enters a top-k.
-    block = torch.full((step, layers, width), -torch.inf, device=states.device)
-    by_token = states.transpose(0, 1)
-    pieces = []
-    for start in range(0, tokens, step):
-        stop = min(tokens, start + step)
-        padded = block[: stop - start]
-        scores = reference.cosine(by_token[start:stop], offsets[start:stop], out=padded[..., :vocab])
-        own = scores.gather(-1, token_ids[start:stop, None, None].expand(-1, layers, 1))
-        values, ids = blocked_top_k(padded, keep)
-        rank = scores.gt_(own).sum(dim=-1)  # overwrites the scores with 0/1, so it comes last; exact below 2**24
-        pieces.append((own.squeeze(-1), rank.long(), values, ids))
-        if progress is not None:
-            progress(stop, tokens)
-    own, rank, values, ids = (torch.cat(part).transpose(0, 1) for part in zip(*pieces))
+    found = scan(
+        states, token_ids, offsets, reference, keep=max(top_k, neighbours), chunk_bytes=chunk_bytes, progress=progress
+    )
     return Measures(
-        cosine=own,
-        rank=rank,
-        overlap=top_k_overlap(ids[..., :top_k]),
-        neighbour_ids=ids[..., :neighbours],
-        neighbour_cosines=values[..., :neighbours],
+        cosine=found.own,
+        rank=found.rank,
+        overlap=top_k_overlap(found.top_ids[..., :top_k]),
+        neighbour_ids=found.top_ids[..., :neighbours],
+        neighbour_cosines=found.top_values[..., :neighbours],
     )
 
 

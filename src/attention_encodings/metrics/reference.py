@@ -1,11 +1,13 @@
 """Reference spaces: what "the original vocabulary encodings" are, and the cosine of a hidden vector to each.
 
-A `ReferenceSpace` is a small lens onto the vocabulary (in the spirit of tuned-lens's `Lens`): given the
-hidden vectors of some tokens, it returns their cosine to every vocabulary item's reference encoding.
+A `ReferenceSpace` is a lens onto the vocabulary: given the hidden vectors of some tokens, it returns their
+cosine to every vocabulary item's reference encoding.
 
 - `embedding`: at token slot p, item v as the embedding layer would encode it there,
-  `R_p[v] = proj(LayerNorm(E[v] + c_p))` with `c_p = P[pos(p)] + T[type(p)]` (proj is the identity except
-  for ELECTRA). A token's own row is then exactly its layer-0 encoding.
+  `R_p[v] = proj(Norm(E[v] + c_p))` with `c_p = P[pos(p)] + T[type(p)]`. Norm is the embedding LayerNorm
+  (the identity for GPT-2 and Llama, which have none) and proj the identity except for ELECTRA. A token's own
+  row is then exactly its layer-0 encoding. Where the embedding adds nothing per slot and has no norm (Llama:
+  its positions are rotary, inside attention), this is the `word` space itself.
 - `word`: the raw word-embedding rows, `R[v] = E[v]`, the same at every slot.
 
 The embedding space is never built as a V×d matrix per slot. LayerNorm's mean and variance of `E[v] + c_p`,
@@ -15,43 +17,28 @@ and the dot products with x, all follow from one GEMM of the vectors against the
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..models import EmbeddingParts
+from .lens import Lens, padded_rows
 
 REFERENCES: tuple[str, ...] = ("embedding", "word")
 DEFAULT_REFERENCE = "embedding"
-ROW_FLOATS = 64
-"""Score rows are laid out padded to a multiple of this many floats: MKL writes a GEMM result whose rows have
-an odd length (roberta-base's 50,265) about 30 % slower than one with aligned rows."""
 _TINY = 1e-12
 
 
 def check_reference(name: str) -> str:
     """Return `name` if it names a reference space, else raise a one-line `InputError`."""
     if name not in REFERENCES:
-        raise InputError(f"unknown reference {name!r}; choose one of: {', '.join(REFERENCES)}")
+        raise OptionError(f"unknown reference {name!r}; choose one of: {', '.join(REFERENCES)}")
     return name
 
 
-class ReferenceSpace(ABC):
-    """Cosine similarity of hidden vectors to every vocabulary item's reference encoding."""
-
-    name: str
-
-    def __init__(self, vocab_size: int) -> None:
-        self.vocab_size = vocab_size
-
-    @abstractmethod
-    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
-        """Cosines (t, r, V) of `states` (t, r, h): r vectors for each of t tokens, against the reference
-        rows of that token's slot; `offsets` (t, e) is each token's `c_p = P[pos] + T[type]`. Written into
-        `out` (t × r × V float32, rows contiguous, the row stride free) when given, so that chunked callers
-        reuse one buffer with padded rows; else into a new one laid out that way."""
+class ReferenceSpace(Lens):
+    """A lens whose scores are the cosines of hidden vectors to every vocabulary item's reference encoding in
+    each token's slot."""
 
 
 class WordReference(ReferenceSpace):
@@ -70,7 +57,7 @@ class WordReference(ReferenceSpace):
         self.unit_t = (word / word.norm(dim=-1, keepdim=True).clamp_min(_TINY)).T.contiguous()
         """(h, V): unit rows, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
 
-    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
+    def scores(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, h = states.shape
         unit = states.float() / states.float().norm(dim=-1, keepdim=True).clamp_min(_TINY)
         return _gemm(unit.reshape(t * r, h), self.unit_t, out).view(t, r, -1)
@@ -80,7 +67,8 @@ class EmbeddingReference(ReferenceSpace):
     """`R_p[v] = A·(E[v] + c_p − mean) / std + b`: the embedding layer's own encoding of v in slot p.
 
     With the LayerNorm gain γ, bias β and an optional projection (W, b_W) after it, A = W·diag(γ) and
-    b = W·β + b_W (A = diag(γ), b = β without a projection).
+    b = W·β + b_W (A = diag(γ), b = β without a projection). Without an embedding LayerNorm (GPT-2) there is
+    no centring or scaling: `R_p[v] = E[v] + c_p`, that is A = I and b = 0.
     """
 
     name = "embedding"
@@ -90,10 +78,11 @@ class EmbeddingReference(ReferenceSpace):
         super().__init__(word.shape[0])
         self.width = word.shape[1]
         self.eps = parts.norm_eps
-        centred = word - word.mean(dim=-1, keepdim=True)
-        self.variance = centred.pow(2).mean(dim=-1)
-        self.gamma = parts.norm_weight.float()
-        beta = parts.norm_bias.float()
+        self.layer_norm = parts.norm_weight is not None
+        centred = word - word.mean(dim=-1, keepdim=True) if self.layer_norm else word
+        self.variance = centred.pow(2).mean(dim=-1) if self.layer_norm else None
+        self.gamma = parts.norm_weight.float() if self.layer_norm else torch.ones(self.width, device=word.device)
+        beta = parts.norm_bias.float() if self.layer_norm else torch.zeros(self.width, device=word.device)
         if parts.projection_weight is None:
             self.matrix = None
             self.bias = beta
@@ -105,7 +94,8 @@ class EmbeddingReference(ReferenceSpace):
         self.bias_back = self._transpose_map(self.bias)
         self.row_bias = centred @ self.bias_back
         self.centred_t = centred.T.contiguous()
-        """(e, V): the centred E, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
+        """(e, V): the centred E (E itself without a LayerNorm), transposed so that x @ Eᵀ is a plain NN product
+        (faster for unaligned rows)."""
         self.bias_sq = self.bias @ self.bias
 
     def _transpose_map(self, x: Tensor) -> Tensor:
@@ -116,16 +106,21 @@ class EmbeddingReference(ReferenceSpace):
         """AᵀA·c, for c of width e (last dimension)."""
         return c * self.gamma.pow(2) if self.matrix is None else (c @ self.matrix.T) @ self.matrix
 
-    def cosine(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
+    def scores(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, _ = states.shape
         x = states.float()
         inv_norm = x.norm(dim=-1).clamp_min(_TINY).reciprocal()
         pulled = self._transpose_map(x) * inv_norm[..., None]
-        centred_offsets = offsets.float() - offsets.float().mean(dim=-1, keepdim=True)
+        offsets = offsets.float()
+        centred_offsets = offsets - offsets.mean(dim=-1, keepdim=True) if self.layer_norm else offsets
         gram_offsets = self._gram(centred_offsets)
-        cross, cross_gram = _gemm(torch.cat((centred_offsets, gram_offsets)), self.centred_t).split(t)
-        variance = self.variance + centred_offsets.pow(2).mean(dim=-1, keepdim=True) + (2 / self.width) * cross
-        inv_std = (variance + self.eps).rsqrt()
+        if self.layer_norm:
+            cross, cross_gram = _gemm(torch.cat((centred_offsets, gram_offsets)), self.centred_t).split(t)
+            variance = self.variance + centred_offsets.pow(2).mean(dim=-1, keepdim=True) + (2 / self.width) * cross
+            inv_std = (variance + self.eps).rsqrt()
+        else:
+            cross_gram = _gemm(gram_offsets, self.centred_t)
+            inv_std = torch.ones_like(cross_gram)
         offset_sq = (centred_offsets * gram_offsets).sum(dim=-1, keepdim=True)
         norm_sq = (self.row_sq + 2 * cross_gram + offset_sq) * inv_std.pow(2)
         norm_sq += 2 * (self.row_bias + (centred_offsets @ self.bias_back)[:, None]) * inv_std + self.bias_sq
@@ -137,18 +132,19 @@ class EmbeddingReference(ReferenceSpace):
         return scores.addcmul_(lift[..., None], inv_ref_norm[:, None, :])
 
 
-def padded_rows(rows: int, width: int, device: torch.device) -> Tensor:
-    """An uninitialised (rows, width) float32 matrix whose rows are padded to a multiple of ROW_FLOATS."""
-    return torch.empty(rows, -(-width // ROW_FLOATS) * ROW_FLOATS, device=device)[:, :width]
-
-
 def _gemm(a: Tensor, b: Tensor, out: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     """`a @ b (+ shift)`, written into `out` (any shape of a·b's size) or into new padded rows."""
     target = padded_rows(a.shape[0], b.shape[1], a.device) if out is None else out.view(-1, b.shape[1])
     return torch.mm(a, b, out=target) if shift is None else torch.addmm(shift, a, b, out=target)
 
 
+def embedding_is_word(parts: EmbeddingParts) -> bool:
+    """Whether the `embedding` reference equals `word` for this model: no norm, projection or per-slot vectors."""
+    return parts.norm_weight is None and parts.projection_weight is None and not parts.slotted
+
+
 def reference_space(name: str, parts: EmbeddingParts) -> ReferenceSpace:
     """Build the named reference space from a model's embedding parts."""
-    kinds: dict[str, type[ReferenceSpace]] = {"embedding": EmbeddingReference, "word": WordReference}
-    return kinds[check_reference(name)](parts)
+    if check_reference(name) == "word" or embedding_is_word(parts):
+        return WordReference(parts)
+    return EmbeddingReference(parts)

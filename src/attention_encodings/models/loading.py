@@ -19,7 +19,15 @@ import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import is_offline_mode, scan_cache_dir, try_to_load_from_cache
 from huggingface_hub.errors import CacheNotFound, HFValidationError
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from ..errors import ModelLoadError
 from .adapters import ADAPTERS, Adapter, adapter_for
@@ -45,6 +53,7 @@ class LoadedModel:
     reason: str
     """One line saying where the model came from and why it is the one in use."""
     model: PreTrainedModel
+    """The whole model as loaded: with its output head where the checkpoint has one (see `Adapter.head`)."""
     tokenizer: PreTrainedTokenizerBase
     adapter: Adapter
     lock: AbstractContextManager[bool] = field(default_factory=threading.RLock, repr=False)
@@ -126,8 +135,10 @@ def _load(source: str, placement: _Placement, *, local_only: bool, label: str, r
         except (OSError, ValueError, KeyError) as error:
             raise ModelLoadError(f"cannot load a model config from {source!r}: {_first_line(error)}") from error
         adapter = adapter_for(config)
+        heads = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}
+        auto = heads[adapter.objective] if adapter.carries_head(config) else AutoModel
         try:
-            model = AutoModel.from_pretrained(source, config=config, dtype=placement[1], **common).to(placement[0])
+            model = auto.from_pretrained(source, config=config, dtype=placement[1], **common).to(placement[0])
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise ModelLoadError(f"cannot load model {source!r}: {_first_line(error)}") from error

@@ -9,14 +9,16 @@ parameters (`selected`, `hovered`: token indices, -1 for none), so a page change
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis
-from ..errors import InputError
+from ..errors import OptionError
+from ..metrics import MEASURES, MeasureInfo
 
 SELECTED = "selected"
 """Vega parameter: the index of the selected token."""
@@ -24,10 +26,8 @@ HOVERED = "hovered"
 """Vega parameter: the index of the token under the pointer, -1 for none."""
 LABELS = "token_labels"
 """Vega parameter: each token's label (`"2 flies"`), indexed by token index, for titles."""
-MEASURES = ("cosine", "rank", "overlap")
 FIGURES = (*MEASURES, "all")
-"""What `figure()` draws: one measure, or every chart."""
-Figure = Literal["cosine", "rank", "overlap", "all"]
+"""What `figure()` draws: one measure's line chart, or every chart."""
 
 ACCENT = "#d9480f"
 """The selected token's colour."""
@@ -44,19 +44,12 @@ NEIGHBOURS_DATA = "neighbours"
 
 _IS_SELECTED = f"datum.token_index == {SELECTED}"
 _IS_HOVERED = f"datum.token_index == {HOVERED}"
-_TITLES = {
-    "cosine": "Cosine to the original encoding",
-    "rank": "Rank: vocabulary items closer than the original",
-    "overlap": "Top-{k} neighbours kept from layer l to l+1",
-}
-_FIELDS = {"cosine": "cosine", "rank": "rank", "overlap": "overlap_next"}
-_AXES = {"cosine": "cosine", "rank": "rank (symlog)", "overlap": "neighbours kept"}
 
 
 def check_figure(measure: str) -> str:
-    """Return `measure` if `figure()` can draw it, else raise a one-line `InputError`."""
+    """Return `measure` if `figure()` can draw it, else raise a one-line `OptionError`."""
     if measure not in FIGURES:
-        raise InputError(f"unknown measure {measure!r}; choose one of: {', '.join(FIGURES)}")
+        raise OptionError(f"unknown measure {measure!r}; choose one of: {', '.join(FIGURES)}")
     return measure
 
 
@@ -78,7 +71,7 @@ def default_token(result: Analysis) -> int:
 
 
 def measures_data(result: Analysis) -> pd.DataFrame:
-    """One row per (token, layer): the three measures, the token's label and the overlap step's name."""
+    """One row per (token, layer): every measure, the token's label and the name of the step to the next layer."""
     frame = result.to_frame()
     frame["token"] = frame.token.map(readable)
     frame["label"] = frame.token_index.astype(str) + " " + frame.token
@@ -99,7 +92,7 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
             "token_index": near.token_index,
             "layer": near.layer,
             "row": near.neighbour.astype(str),
-            "order": near.neighbour + 2,
+            "order": near.neighbour + len(result.measures) - 1,
             "text": near_text + "  " + near.cosine.map("{:.2f}".format),
             "shade": near.cosine,
             "own": near.neighbour_id.to_numpy() == ids[columns],
@@ -109,11 +102,12 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     n = result.neighbour_ids.shape[2]
     outside = frame[frame["rank"] >= n]
     summary = [
-        ("cosine", 0, frame.cosine.map("{:.3f}".format), frame),
-        ("rank", 1, frame["rank"].map(str), frame),
-        ("kept→next", 2, frame.overlap_next.map(lambda v: "" if pd.isna(v) else str(v)), frame),
-        ("own", n + 3, outside.token + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside),
+        (f"{m.name}→next" if m.info.steps else m.name, order, frame[m.info.column].map(partial(_printed, m.info.format)), frame)
+        for order, m in enumerate(result.measures.values())
     ]
+    summary.append(
+        ("own", n + len(summary), outside.token + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside)
+    )
     rows = [
         pd.DataFrame(
             {
@@ -129,6 +123,11 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
         for name, order, text, part in summary
     ]
     return pd.concat([*rows, neighbours], ignore_index=True)
+
+
+def _printed(number_format: str, value: Any) -> str:
+    """A value as its measure prints it in the table; a missing one (the last layer's step) as blank."""
+    return "" if pd.isna(value) else format(value, number_format)
 
 
 def token_params(result: Analysis, token: int | str | None = None) -> list[alt.Parameter]:
@@ -150,24 +149,48 @@ def _title(text: str, note: str = "") -> alt.Title:
     return alt.Title(alt.expr(f"[{text!r}, 'token ' + {LABELS}[{SELECTED}] + {note!r}]"), anchor="start")
 
 
-def _tooltip(field: str, title: str) -> list[alt.Tooltip]:
-    return [alt.Tooltip("label:N", title="token"), alt.Tooltip("layer:O", title="layer"), alt.Tooltip(f"{field}:Q", title=title)]
+def _tooltip(info: MeasureInfo) -> list[alt.Tooltip]:
+    return [
+        alt.Tooltip("label:N", title="token"),
+        alt.Tooltip("layer:O", title="layer"),
+        alt.Tooltip(f"{info.column}:Q", title=info.name, format=info.format),
+    ]
+
+
+def _x(result: Analysis, info: MeasureInfo, cells: bool) -> alt.X:
+    """The layer axis of a line chart or (`cells`) a heatmap: layers 0..N, or for a layer-pair measure the steps
+    l→l+1, whose labels stand upright in a heatmap, where they are wider than a cell."""
+    if info.steps:
+        angle = -90 if cells else 0
+        return alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=alt.Axis(labelAngle=angle))
+    if cells:
+        return alt.X("layer:O", sort=alt.SortField("layer"), title="layer", axis=alt.Axis(labelAngle=0))
+    return alt.X("layer:Q", title="layer", axis=alt.Axis(values=list(result.layers), format="d"))
+
+
+def _scale(result: Analysis, info: MeasureInfo, **colour: Any) -> alt.Scale:
+    """A measure's scale, from its definition: symlog or linear, and its fixed domain where it has one."""
+    details: dict[str, Any] = dict(colour)
+    if info.scale == "symlog":
+        details |= {"type": "symlog"} if colour else {"type": "symlog", "nice": False}
+    elif not colour:
+        details["zero"] = False
+    bounds = info.bounds(result.settings)
+    if bounds is not None:
+        details["domain"] = bounds
+    return alt.Scale(**details)
 
 
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
     the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
-    field = _FIELDS[measure]
-    if measure == "overlap":
-        x = alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=alt.Axis(labelAngle=0))
-        y_scale = alt.Scale(domain=[0, result.top_k])
-    else:
-        x = alt.X("layer:Q", title="layer", axis=alt.Axis(values=list(result.layers), format="d"))
-        y_scale = alt.Scale(type="symlog", nice=False) if measure == "rank" else alt.Scale(zero=False)
-    y = alt.Y(f"{field}:Q", title=_AXES[measure], scale=y_scale)
-    base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(x=x, y=y, detail="token_index:N", tooltip=_tooltip(field, measure))
-    if measure == "overlap":
-        base = base.transform_filter(f"isValid(datum.{field})")
+    info = MEASURES[measure]
+    field = info.column
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=alt.Axis(format=info.format))
+    base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
+        x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info)
+    )
+    base = base.transform_filter(f"isValid(datum.{field})")
     muted = base.mark_line(color=MUTED, strokeWidth=1.2, opacity=0.55)
     hovered = base.mark_line(color=HOVER, strokeWidth=2.5).transform_filter(f"{_IS_HOVERED} && !({_IS_SELECTED})")
     selected = base.transform_filter(_IS_SELECTED)
@@ -179,7 +202,7 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
         selected.mark_line(color=ACCENT, strokeWidth=3),
         selected.mark_point(color=ACCENT, filled=True, size=36),
         last.mark_text(align="left", dx=7, color=ACCENT, fontWeight="bold", fontSize=12).encode(text="token:N"),
-        title=_title(_TITLES[measure].format(k=result.top_k)),
+        title=_title(info.titled(result.settings)),
         **LINE_SIZE,
     )
 
@@ -187,29 +210,21 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
 def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
     """Every token × every layer for one measure, as an overview; the selected token's row is outlined.
     Reads the `measures` dataset."""
-    field = _FIELDS[measure]
-    x_field = "step" if measure == "overlap" else "layer"
-    schemes = {
-        "cosine": alt.Scale(scheme="viridis"),
-        "rank": alt.Scale(type="symlog", scheme="magma", reverse=True),
-        "overlap": alt.Scale(scheme="viridis", domain=[0, result.top_k]),
-    }
-    x_title = "layer l → l+1" if measure == "overlap" else "layer"
+    info = MEASURES[measure]
+    field = info.column
+    colours = _scale(result, info, scheme="magma" if info.lower_is_closer else "viridis", reverse=info.lower_is_closer)
     base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
-        # overlap's steps ("0→1") are wider than a cell, so they stand upright instead of running together
-        x=alt.X(f"{x_field}:O", sort=alt.SortField("layer"), title=x_title, axis=alt.Axis(labelAngle=-90 if measure == "overlap" else 0)),
+        x=_x(result, info, cells=True),
         y=alt.Y(
             "label:N",
             sort=alt.SortField("token_index"),
             title=None,
             axis=alt.Axis(labelFontWeight=alt.expr(f"datum.value == {LABELS}[{SELECTED}] ? 'bold' : 'normal'")),
         ),
-    )
-    if measure == "overlap":
-        base = base.transform_filter(f"isValid(datum.{field})")
+    ).transform_filter(f"isValid(datum.{field})")
     cells = base.mark_rect().encode(
-        color=alt.Color(f"{field}:Q", scale=schemes[measure], title=measure, legend=alt.Legend(orient="right")),
-        tooltip=_tooltip(field, measure),
+        color=alt.Color(f"{field}:Q", scale=colours, title=measure, legend=alt.Legend(orient="right", format=info.format)),
+        tooltip=_tooltip(info),
     )
     outline = base.mark_rect(fill=None, strokeWidth=2).encode(
         stroke=alt.condition(_IS_SELECTED, alt.value(ACCENT), alt.value(HOVER)),
@@ -220,7 +235,7 @@ def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
         cells,
         outline,
         title=alt.Title(f"{measure}: every token × layer", anchor="start"),
-        width=22 * len(result.overlap.layers if measure == "overlap" else result.layers),
+        width=22 * len(result.measures[measure].layers),
         height=max(120, 15 * rows),
     )
 
@@ -242,7 +257,7 @@ def neighbour_table(result: Analysis) -> alt.LayerChart:
     )
     summary = base.transform_filter("!isValid(datum.shade)").mark_rect(color="#f1f3f5", stroke="white")
     own = base.transform_filter("datum.own").mark_rect(fill=None, stroke=ACCENT, strokeWidth=2.5)
-    strong = "datum.own || datum.order < 3"
+    strong = f"datum.own || datum.order < {len(result.measures)}"
     text = base.encode(
         text="text:N", color=alt.condition("datum.shade > 0.6", alt.value("white"), alt.value("#212529"))
     )
@@ -257,7 +272,7 @@ def neighbour_table(result: Analysis) -> alt.LayerChart:
         bold,
         title=_title(f"Nearest {n} vocabulary items per layer", " (its own entry outlined)"),
         width=108 * len(result.layers),
-        height=18 * (n + 4),
+        height=18 * (n + len(result.measures) + 1),
     )
 
 
@@ -273,8 +288,8 @@ def _finish(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None)
 
 
 def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevelMixin]:
-    built = {measure: trajectory_chart(result, measure) for measure in MEASURES}
-    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in MEASURES}
+    built = {measure: trajectory_chart(result, measure) for measure in result.measures}
+    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in result.measures}
     built["neighbours"] = neighbour_table(result)
     return {name: _finish(chart, result, token) for name, chart in built.items()}
 
@@ -287,8 +302,8 @@ def _attach(chart: alt.TopLevelMixin, data: dict[str, list[dict[str, Any]]]) -> 
 
 
 def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
-    """Every chart, each standalone: `cosine`, `rank`, `overlap` (lines), `cosine_heatmap`,
-    `rank_heatmap`, `overlap_heatmap` and `neighbours` (the table), with `token` selected."""
+    """Every chart, each standalone: a line chart per measure (`cosine`, `rank`, `overlap`, …), a heatmap per
+    measure (`cosine_heatmap`, …) and `neighbours` (the table), with `token` selected."""
     data = datasets(result)
     built = _charts(result, token)
     for name, chart in built.items():
@@ -303,13 +318,15 @@ def chart_specs(result: Analysis, token: int | str | None = None) -> tuple[dict[
     return {name: chart.to_dict() for name, chart in _charts(result, token).items()}, datasets(result)
 
 
-def figure(result: Analysis, measure: Figure = "all", token: int | str | None = None) -> alt.TopLevelMixin:
-    """One figure: a measure's line chart, or (`"all"`) the three line charts, the heatmaps and the
+def figure(result: Analysis, measure: str = "all", token: int | str | None = None) -> alt.TopLevelMixin:
+    """One figure: a measure's line chart, or (`"all"`) every measure's line chart, the heatmaps and the
     neighbour table, with `token` selected."""
     data = datasets(result)
     if check_figure(measure) != "all":
+        if measure not in result.measures:
+            raise OptionError(f"this analysis has no {measure!r} measure; it has {', '.join(result.measures)}")
         return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
-    lines = alt.hconcat(*(trajectory_chart(result, m) for m in MEASURES), spacing=30)
-    maps = alt.hconcat(*(heatmap(result, m) for m in MEASURES), spacing=40).resolve_scale(color="independent")
+    lines = alt.hconcat(*(trajectory_chart(result, m) for m in result.measures), spacing=30)
+    maps = alt.hconcat(*(heatmap(result, m) for m in result.measures), spacing=40).resolve_scale(color="independent")
     chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
     return _attach(_finish(chart, result, token), data)

@@ -139,12 +139,25 @@ function drawChips(tokens) {
   }
 }
 
+// One line chart and one heatmap per measure the analysis has, in the server's order (views/charts.py).
+function layoutFigures(measures) {
+  const figures = (suffix) => measures.map((name) => {
+    const figure = document.createElement("figure");
+    figure.className = "chart";
+    figure.dataset.chart = `${name}${suffix}`;
+    return figure;
+  });
+  $("#lines").replaceChildren(...figures(""));
+  $("#maps").replaceChildren(...figures("_heatmap"));
+}
+
 async function draw(result, wanted) {
   describeModel(result.model);
   drawChips(result.tokens);
   $("#result").hidden = false;
   for (const view of Object.values(page.views)) view.finalize();
   page.views = {};
+  layoutFigures(result.measures);
   const indices = new Set(result.tokens.map((t) => t.index));
   page.selected = indices.has(wanted) ? wanted : result.selected;
   page.hovered = -1;

@@ -1,0 +1,90 @@
+"""What each measure is, defined once: every face (tables, JSON, CSV, charts, the page) reads these.
+
+A new measure is one `MeasureInfo` here plus the code that computes it; titles, axes, number formats, scales
+and whether it lives on layers or on layer pairs all come from its entry.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Scale = Literal["linear", "symlog"]
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """One measure's definition: its name, how to say it, how to print it, and how to draw it."""
+
+    name: str
+    """The key in the JSON contract and the attribute of an `Analysis`."""
+    title: str
+    """Chart and table title; may name a setting in braces (`{top_k}`)."""
+    description: str
+    """One line saying what the number means."""
+    unit: str
+    """Axis and legend label."""
+    format: str
+    """Number format, read by both Python's `format()` and d3-format (`.3f`, `d`)."""
+    scale: Scale = "linear"
+    domain: tuple[float | str, float | str] | None = None
+    """Fixed axis bounds, or None to fit the data; a string names a setting (`top_k`)."""
+    steps: bool = False
+    """True: one value per pair of consecutive layers (l, l + 1), N rows; False: one per layer, N + 1 rows."""
+    integer: bool = False
+    nullable: bool = False
+    """Whether some tokens may lack a value (the head lens has no next token to predict after the last one)."""
+    lower_is_closer: bool = False
+    """Whether a smaller value means "still closer to the original" (rank), which flips colour scales."""
+
+    @property
+    def column(self) -> str:
+        """The tidy-frame and CSV column: a layer-pair measure is named for the step to the next layer."""
+        return f"{self.name}_next" if self.steps else self.name
+
+    def titled(self, settings: Any) -> str:
+        """The title, with settings such as `top_k` filled in from `settings` (any object with those fields)."""
+        return self.title.format(**{key: getattr(settings, key) for key in _placeholders(self.title)})
+
+    def bounds(self, settings: Any) -> list[float] | None:
+        """The fixed domain with settings filled in, or None."""
+        if self.domain is None:
+            return None
+        return [getattr(settings, bound) if isinstance(bound, str) else bound for bound in self.domain]
+
+
+def _placeholders(text: str) -> list[str]:
+    return [field for _, field, _, _ in string.Formatter().parse(text) if field]
+
+
+COSINE = MeasureInfo(
+    "cosine",
+    "Cosine to the original encoding",
+    "cosine similarity of the token's representation to its own reference (original) encoding",
+    "cosine",
+    ".3f",
+)
+RANK = MeasureInfo(
+    "rank",
+    "Rank: vocabulary items closer than the original",
+    "how many vocabulary items are closer to the representation than the token's own original encoding",
+    "rank (symlog)",
+    "d",
+    scale="symlog",
+    integer=True,
+    lower_is_closer=True,
+)
+OVERLAP = MeasureInfo(
+    "overlap",
+    "Overlap: top-{top_k} neighbours kept from layer l to l+1",
+    "how many of the top-k nearest vocabulary items at layer l are still among the top-k at layer l + 1",
+    "neighbours kept",
+    "d",
+    domain=(0, "top_k"),
+    steps=True,
+    integer=True,
+)
+
+MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (COSINE, RANK, OVERLAP)}
+"""Every measure, in the order faces show them."""

@@ -1,0 +1,101 @@
+"""One settings object for an analysis: what every face passes down, validated in one place.
+
+`analyze()`, the command line's `analyze` and `plot`, and the server's request body and cache key all carry a
+`Settings`. Each field's metadata (`Option`) says how faces offer it: its help text, its choices or bounds, and
+whether a web request may set it. The command line builds its options from these fields and the server its
+request schema, so a new option is one field here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import OptionError
+from .metrics import DEFAULT_REFERENCE, REFERENCES
+from .models import BUNDLED_ALIAS, DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
+from .trace import DEFAULT_TAP, TAPS
+
+DEFAULT_TOP_K = 100
+DEFAULT_NEIGHBOURS = 15
+
+
+@dataclass(frozen=True)
+class Option:
+    """How faces offer one settings field."""
+
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    web: bool = True
+    """Whether a web request may set it (a server decides where its models run, and which models they are)."""
+    flags: tuple[str, ...] = ()
+    """Command-line names besides `--field-name` (such as `-m`)."""
+    open_choices: bool = False
+    """The choices are examples, not the only values accepted (devices take `cuda:N` too)."""
+
+
+def _option(default: Any, help: str, **details: Any) -> Any:
+    return field(default=default, metadata={"option": Option(help, **details)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to analyse and how: the model, where to read it, what to compare with, and where it runs."""
+
+    model: str | None = _option(
+        None,
+        f"Hub id, local directory or '{BUNDLED_ALIAS}'. Default: roberta-base if it can be loaded, "
+        "else the bundled all-MiniLM-L6-v2.",
+        flags=("-m",),
+        web=False,
+    )
+    tap: str = _option(DEFAULT_TAP, "Where to read each layer.", choices=TAPS)
+    reference: str = _option(DEFAULT_REFERENCE, "Reference space.", choices=REFERENCES)
+    top_k: int = _option(DEFAULT_TOP_K, "Neighbourhood size for the overlap measure.", minimum=1)
+    neighbours: int = _option(DEFAULT_NEIGHBOURS, "Nearest vocabulary items to report per token and layer.", minimum=0)
+    truncate: bool = _option(False, "Cut text longer than the model's limit instead of refusing it.", web=False)
+    device: str = _option(
+        DEFAULT_DEVICE, "Where the model runs (auto: CUDA if available, else the CPU).", choices=DEVICES, web=False,
+        open_choices=True,
+    )
+    dtype: str = _option(DEFAULT_DTYPE, "Model precision (the measures stay float32).", choices=tuple(DTYPES), web=False)
+    threads: int | None = _option(None, "CPU threads for torch (default: one per usable core).", minimum=1, web=False)
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            check_value(item, getattr(self, item.name))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied (and checked)."""
+        return replace(self, **changes)
+
+
+def options() -> list[tuple[Field[Any], Option]]:
+    """Every settings field with its `Option`, in order."""
+    return [(item, item.metadata["option"]) for item in fields(Settings)]
+
+
+def default_of(item: Field[Any]) -> Any:
+    return None if item.default is MISSING else item.default
+
+
+def check_value(item: Field[Any], value: Any) -> Any:
+    """`value` if it suits the field, else a one-line `OptionError` naming the field and what it accepts."""
+    option: Option = item.metadata["option"]
+    name = item.name
+    if value is None and default_of(item) is None:
+        return value
+    if item.type in ("int", "int | None"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise OptionError(f"{name} must be a whole number, not {value!r}")
+        if option.minimum is not None and value < option.minimum:
+            raise OptionError(f"{name} must be at least {option.minimum}; got {value}")
+    elif item.type == "bool":
+        if not isinstance(value, bool):
+            raise OptionError(f"{name} must be true or false, not {value!r}")
+    elif not isinstance(value, str):
+        raise OptionError(f"{name} must be a string, not {type(value).__name__}")
+    elif option.choices and not option.open_choices and value not in option.choices:
+        raise OptionError(f"unknown {name} {value!r}; choose one of: {', '.join(option.choices)}")
+    return value
