@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from conftest import CORPUS, SEED, TINY_MAX_POSITIONS
 
-from attention_encodings import InputError, analyze, load_model
+from attention_encodings import InputError, Settings, analyze, analyze_with, load_model
+from attention_encodings.analysis import measure_texts
+from attention_encodings.trace import encode
 
 CONTRACT_KEYS = {"model", "tap", "reference", "top_k", "tokens", "layers", "cosine", "rank", "overlap", "neighbours"}
 
@@ -144,3 +146,20 @@ def test_bad_input_is_one_clear_error(tiny_roberta, kwargs, message):
     with pytest.raises(InputError, match=message) as error:
         analyze(**arguments)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("family", ["roberta", "gpt2", "llama", "minilm"])
+def test_measuring_texts_together_equals_one_at_a_time(tiny_dirs, bundled, family):
+    """One padded batch gives each text the measures `analyze()` gives it alone: cosine to 1e-4, rank, overlap
+    and neighbours exactly."""
+    handle = bundled if family == "minilm" else load_model(str(tiny_dirs[family]))
+    settings = Settings(top_k=20, neighbours=5)
+    encodings = [encode(handle, text) for text in CORPUS]
+    together = measure_texts(handle, settings, encodings)
+    for item, text in enumerate(CORPUS):
+        alone = analyze_with(settings, text, handle)
+        tokens = together.tokens_of(item)
+        assert np.allclose(together.values["cosine"][:, tokens].numpy(), alone.cosine.values, atol=1e-4, rtol=0)
+        assert np.array_equal(together.values["rank"][:, tokens].numpy(), alone.rank.values)
+        assert np.array_equal(together.values["overlap"][:, tokens].numpy(), alone.overlap.values)
+        assert np.array_equal(together.neighbour_ids[:, tokens].numpy(), alone.neighbour_ids)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from .errors import InputError
 from .metrics import (
@@ -28,7 +30,7 @@ from .metrics import (
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
-from .trace import DEFAULT_TAP, encode, trace
+from .trace import DEFAULT_TAP, Encoding, encode, trace
 
 
 @dataclass(frozen=True)
@@ -302,31 +304,65 @@ def analyze(
     return analyze_with(settings, text, handle, progress=progress)
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Every measure of a batch of texts, packed along the token axis (the texts' tokens one after another)."""
+
+    encodings: tuple[Encoding, ...]
+    values: dict[str, torch.Tensor]
+    """Each measure by name (see `metrics.MEASURES`): (N+1, ΣT), or (N, ΣT) for a layer-pair measure."""
+    neighbour_ids: torch.Tensor
+    """(N+1, ΣT, n) vocabulary ids, nearest first."""
+    neighbour_cosines: torch.Tensor
+    """(N+1, ΣT, n)."""
+
+    def tokens_of(self, item: int) -> slice:
+        """Where encoding `item`'s tokens sit along the packed axis."""
+        start = sum(len(e) for e in self.encodings[:item])
+        return slice(start, start + len(self.encodings[item]))
+
+
+def measure_texts(
+    handle: LoadedModel, settings: Settings, encodings: Sequence[Encoding], *, progress: Progress | None = None
+) -> Measured:
+    """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token: the one
+    computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the face that asks."""
+    _check_at_most_vocabulary(settings, handle)
+    space = reference_for(handle, settings.reference)
+    states = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
+    adapter = handle.adapter
+    offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in encodings])
+    token_ids = torch.cat([e.input_ids for e in encodings])
+    result = measure(
+        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
+    )
+    values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
+    return Measured(
+        encodings=tuple(encodings),
+        values={name: values[name].cpu() for name in MEASURES if name in values},
+        neighbour_ids=result.neighbour_ids.cpu(),
+        neighbour_cosines=result.neighbour_cosines.cpu(),
+    )
+
+
 def analyze_with(
     settings: Settings, text: str, model: LoadedModel | None = None, *, progress: Progress | None = None
 ) -> Analysis:
     """`analyze()` driven by a `Settings`, as every face calls it; `model` overrides `settings.model` with a
     handle that is already loaded."""
     handle = load_for(settings, model)
-    _check_at_most_vocabulary(settings, handle)
-    space = reference_for(handle, settings.reference)
     encoding = encode(handle, text, truncate=settings.truncate)
-    states = trace(handle, encoding, taps=(settings.tap,)).states(settings.tap)
-    offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
-    result = measure(
-        states, encoding.input_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
-    )
+    measured = measure_texts(handle, settings, [encoding], progress=progress)
     ids = encoding.input_ids.tolist()
     special = set(handle.tokenizer.all_special_ids)
     tokens = tuple(
         Token(index, token_id, text, token_id in special)
         for index, (token_id, text) in enumerate(zip(ids, handle.token_texts(ids)))
     )
-    neighbour_ids = result.neighbour_ids.cpu().numpy()
+    neighbour_ids = measured.neighbour_ids.numpy()
     unique = np.unique(neighbour_ids)
     texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
-    layers = tuple(range(states.shape[0]))
-    values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
+    layers = tuple(range(neighbour_ids.shape[0]))
     return Analysis(
         model=handle.name,
         model_label=handle.label,
@@ -334,12 +370,11 @@ def analyze_with(
         settings=settings,
         tokens=tokens,
         measures={
-            name: Trajectory(info, layers[:-1] if info.steps else layers, values[name].cpu().numpy())
-            for name, info in MEASURES.items()
-            if name in values
+            name: Trajectory(MEASURES[name], layers[:-1] if MEASURES[name].steps else layers, values.numpy())
+            for name, values in measured.values.items()
         },
         neighbour_ids=neighbour_ids,
-        neighbour_cosines=result.neighbour_cosines.cpu().numpy(),
+        neighbour_cosines=measured.neighbour_cosines.numpy(),
         neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],
         dropped=encoding.dropped,
     )
