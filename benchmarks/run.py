@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys

@@ -9,7 +9,7 @@ from plain import assert_matches_plain, plain_measures, reference_rows
 
 from attention_encodings import InputError, analyze, load_model
 from attention_encodings.analysis import reference_for
-from attention_encodings.metrics import ROW_FLOATS, blocked_top_k, measure, top_k_overlap
+from attention_encodings.metrics import ROW_FLOATS, anisotropy, blocked_top_k, measure, token_similarity, top_k_overlap
 from attention_encodings.trace import encode, trace
 
 CASES = [(family, reference) for family in FAMILIES for reference in ("embedding", "word") if family != "electra"]
@@ -118,3 +118,20 @@ def test_top_k_overlap_counts_shared_ids():
 def test_word_reference_refuses_projected_embeddings(tiny_dirs):
     with pytest.raises(InputError, match="embedding reference"):
         analyze(SEED, str(tiny_dirs["electra"]), reference="word")
+
+
+def test_similarity_and_anisotropy_match_a_plain_loop():
+    torch.manual_seed(3)
+    states = torch.randn(3, 6, 8)
+    keep = torch.tensor([False, True, True, True, True, False])
+    similarity = token_similarity(states)
+    for layer in range(3):
+        pairs = []
+        for p in range(6):
+            for q in range(6):
+                cos = torch.nn.functional.cosine_similarity(states[layer, p], states[layer, q], dim=0)
+                assert similarity[layer, p, q] == pytest.approx(float(cos), abs=1e-6)
+                if p != q and keep[p] and keep[q]:
+                    pairs.append(float(cos))
+        assert anisotropy(states, keep)[layer] == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert anisotropy(states, torch.tensor([True] + [False] * 5)).isnan().all()

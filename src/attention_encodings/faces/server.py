@@ -10,10 +10,10 @@ The page and the API docs (/docs, /redoc) load nothing from a CDN.
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict
 import threading
 import webbrowser
 from collections.abc import Sequence
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional

@@ -14,6 +14,7 @@ from .reference import (
     embedding_is_word,
     reference_space,
 )
+from .similarity import anisotropy, token_similarity, unit
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -29,6 +30,7 @@ __all__ = [
     "ReferenceSpace",
     "Scan",
     "WordReference",
+    "anisotropy",
     "blocked_top_k",
     "check_reference",
     "embedding_is_word",
@@ -36,5 +38,7 @@ __all__ = [
     "padded_rows",
     "reference_space",
     "scan",
+    "token_similarity",
     "top_k_overlap",
+    "unit",
 ]
