@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CORPUS, SEED, run_cli
+from conftest import CORPUS, SEED, run_cli, subprocess_env
 from plain import assert_matches_plain, plain_measures
 from transformers import T5Config
 
@@ -27,6 +29,28 @@ def test_help():
     out, _ = _ok(run_cli("analyze", "--help"))
     for option in ("--model", "--tap", "--reference", "--top-k", "--neighbours", "--token", "--format", "--out", "--truncate"):
         assert option in out
+
+
+HEAVY = ("torch", "transformers", "pandas", "altair", "fastapi")
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [(["--help"], 0), (["analyze", "--help"], 0), (["models", "--help"], 0), (["analyze", SEED, "--tap", "resid_pre"], 2),
+     (["analyze", SEED, "--format", "xml"], 2), (["plot", SEED, "--out", "x.png", "--top-k", "0"], 2)],
+)
+def test_help_and_usage_errors_load_no_model_libraries(args, code):
+    """Help and malformed option values are answered from the light modules alone (names, catalog, settings),
+    so they come at once: neither torch, transformers, pandas, Altair nor FastAPI is imported."""
+    script = (
+        "import sys\n"
+        "from attention_encodings.faces.cli import main\n"
+        "try:\n    main(sys.argv[1:])\n"
+        "except SystemExit as exit_:\n"
+        f"    print('exit', exit_.code, [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=subprocess_env(), check=False)
+    assert done.stderr.splitlines()[-1] == f"exit {code} []", done.stderr
 
 
 def test_analyze_prints_a_table_on_the_bundled_model():

@@ -17,11 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .catalog import MEASURES, MeasureInfo
 from .errors import InputError
 from .metrics import (
     DEFAULT_REFERENCE,
-    MEASURES,
-    MeasureInfo,
     Progress,
     ReferenceSpace,
     check_reference,

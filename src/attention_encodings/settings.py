@@ -3,7 +3,7 @@
 `analyze()`, the command line's `analyze` and `plot`, and the server's request body and cache key all carry a
 `Settings`. Each field's metadata (`Option`) says how faces offer it: its help text, its choices or bounds, and
 whether a web request may set it. The command line builds its options from these fields and the server its
-request schema, so a new option is one field here.
+request schema, so a new option is one field here. Like `names`, it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -12,9 +12,17 @@ from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import OptionError
-from .metrics import DEFAULT_REFERENCE, REFERENCES
-from .models import BUNDLED_ALIAS, DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES
-from .trace import DEFAULT_TAP, TAPS
+from .names import (
+    BUNDLED_ALIAS,
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    DEFAULT_REFERENCE,
+    DEFAULT_TAP,
+    DEVICES,
+    DTYPE_NAMES,
+    REFERENCES,
+    TAPS,
+)
 
 DEFAULT_TOP_K = 100
 DEFAULT_NEIGHBOURS = 15
@@ -59,7 +67,7 @@ class Settings:
         DEFAULT_DEVICE, "Where the model runs (auto: CUDA if available, else the CPU).", choices=DEVICES, web=False,
         open_choices=True,
     )
-    dtype: str = _option(DEFAULT_DTYPE, "Model precision (the measures stay float32).", choices=tuple(DTYPES), web=False)
+    dtype: str = _option(DEFAULT_DTYPE, "Model precision (the measures stay float32).", choices=DTYPE_NAMES, web=False)
     threads: int | None = _option(None, "CPU threads for torch (default: one per usable core).", minimum=1, web=False)
 
     def __post_init__(self) -> None:

@@ -16,12 +16,9 @@ from torch import Tensor, nn
 
 from .errors import InputError, OptionError
 from .models import LoadedModel
+from .names import DEFAULT_TAP, TAPS
 
-TAPS: tuple[str, ...] = ("resid_mid", "attn_ln", "resid_post")
-"""`resid_mid`: attention output + residual, the input of the norm that follows it (post-norm blocks: the
-attention LayerNorm; pre-norm blocks: the norm before the MLP). `attn_ln`: that norm's output. `resid_post`: the
-block's output (post-norm: `hidden_states[l]`; pre-norm: also at the last block, before the final norm)."""
-DEFAULT_TAP = "resid_mid"
+__all__ = ["DEFAULT_TAP", "TAPS", "Encoding", "Trace", "check_tap", "encode", "trace"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The `attention-encodings` command line: `analyze` a text, `plot` its charts, `serve` the web page, list `models`.
 
 Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
-1 for a bad input or a model that cannot be loaded, 2 for a malformed command line.
+1 for a bad input or a model that cannot be loaded, 2 for a malformed command line or option value.
+Building the commands imports only the light modules (`names`, `catalog`, `settings`); torch, transformers and
+Altair load inside the command that needs them, so `--help` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -12,21 +14,20 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from transformers.utils import logging as hf_logging
 
-from ..analysis import Analysis, analyze_with, load_for
+from ..catalog import MEASURES
 from ..errors import AttentionEncodingsError, InputError, OptionError
-from ..models import ADAPTERS, BUNDLED_ALIAS, bundled_model_dir, cached_models, set_threads, usable_cpus
-from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
+from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES
 from ..settings import Settings, default_of, options
-from ..views import FIGURES, FILE_TYPES, check_figure, check_file_type, figure, save
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 FORMATS = ("table", "json", "csv")
 DEFAULT_HOST = "127.0.0.1"
@@ -161,6 +162,9 @@ def with_settings(*, only: tuple[str, ...] | None = None, **defaults: Any) -> Ca
 
 def run_analysis(text: str, settings: Settings) -> Analysis:
     """Read the text, load the model (saying which, why and where on stderr) and analyse, with a progress bar."""
+    from ..analysis import analyze_with, load_for
+    from ..models import set_threads
+
     used = set_threads(settings.threads)
     source = read_text(text)
     handle = load_for(settings)
@@ -211,15 +215,19 @@ def analyze_command(
 @with_settings()
 def plot_command(
     text: TextArgument,
-    out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FILE_TYPES)}.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FIGURE_FILE_TYPES)}.")],
     token: Annotated[
         Optional[str], typer.Option(help="The token to highlight: its index, or its text. Default: the first non-special.")
     ] = None,
-    measure: Annotated[str, typer.Option(help=f"What to draw: {', '.join(FIGURES)} (every chart and the neighbour table).")] = "all",
+    measure: Annotated[
+        str, typer.Option(help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (every chart and the neighbour table).")
+    ] = "all",
     *,
     settings: Settings,
 ) -> None:
     """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file."""
+    from ..views import check_figure, check_file_type, figure, save
+
     check_figure(measure)
     check_file_type(out)
     result = run_analysis(text, settings)
@@ -268,6 +276,9 @@ def render_tables(tables: list[Table], out: Path | None) -> None:
 @app.command("models")
 def models_command() -> None:
     """List the supported families, the bundled model and the models in the local HF cache."""
+    from ..models import ADAPTERS, bundled_model_dir, cached_models, usable_cpus
+    from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
+
     families = Table(title="supported architecture families", title_justify="left", title_style="bold")
     for header in ("family", "model_type", "examples"):
         families.add_column(header)
@@ -293,6 +304,8 @@ def models_command() -> None:
 
 def cuda_summary() -> str:
     """The CUDA GPUs torch can use, or why there are none."""
+    import torch
+
     if not torch.cuda.is_available():
         return "not available (--device auto uses the CPU)"
     return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
@@ -300,9 +313,6 @@ def cuda_summary() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr and an exit status."""
-    hf_logging.set_verbosity_error()  # load reports and warnings are noise here; failures still raise
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="attention-encodings", standalone_mode=False)

@@ -2,16 +2,18 @@
 
 The analysis layer knows nothing of charts, so it has no `_repr_mimebundle_`; instead the package calls
 `register()` on import, which, when IPython is running, teaches IPython's display system to draw every
-`Analysis` through `views.figure` (all charts, the first non-special token selected). For another token
-or one measure, display `attention_encodings.views.figure(result, measure, token)` yourself.
+`Analysis` through `views.figure` (all charts, the first non-special token selected). It names the type by its
+module and name, so registering imports nothing. For another token or one measure, display
+`attention_encodings.views.figure(result, measure, token)` yourself.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..analysis import Analysis
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 
 def mimebundle(result: Analysis) -> Any:
@@ -27,5 +29,5 @@ def register() -> bool:
     shell = ipython.get_ipython() if ipython is not None else None
     if shell is None:
         return False
-    shell.display_formatter.mimebundle_formatter.for_type(Analysis, mimebundle)
+    shell.display_formatter.mimebundle_formatter.for_type_by_name("attention_encodings.analysis", "Analysis", mimebundle)
     return True

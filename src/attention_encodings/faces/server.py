@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .._version import __version__
 from ..analysis import Analysis, analyze_with
+from ..catalog import MEASURES
 from ..errors import InputError
-from ..metrics import MEASURES, REFERENCES
 from ..models import LoadedModel, load_model, set_threads
+from ..names import REFERENCES
 from ..settings import Settings, default_of, options
 from ..trace import TAPS
 from ..views import chart_specs, default_token, vega_javascript

@@ -1,12 +1,10 @@
-"""Metrics layer: lenses onto the vocabulary (reference spaces), the measures and their definitions, as pure
-tensor functions."""
+"""Metrics layer: lenses onto the vocabulary (reference spaces) and the measures, as pure tensor functions
+(their definitions for people are in `catalog`)."""
 
-from .catalog import MEASURES, MeasureInfo
+from ..names import DEFAULT_REFERENCE, REFERENCES
 from .lens import ROW_FLOATS, Lens, padded_rows
 from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, Scan, blocked_top_k, measure, scan, top_k_overlap
 from .reference import (
-    DEFAULT_REFERENCE,
-    REFERENCES,
     EmbeddingReference,
     ReferenceSpace,
     WordReference,
@@ -19,12 +17,10 @@ from .similarity import anisotropy, token_similarity, unit
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_REFERENCE",
-    "MEASURES",
     "REFERENCES",
     "ROW_FLOATS",
     "EmbeddingReference",
     "Lens",
-    "MeasureInfo",
     "Measures",
     "Progress",
     "ReferenceSpace",

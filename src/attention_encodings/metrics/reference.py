@@ -22,10 +22,9 @@ from torch import Tensor
 
 from ..errors import InputError, OptionError
 from ..models import EmbeddingParts
+from ..names import REFERENCES
 from .lens import Lens, padded_rows
 
-REFERENCES: tuple[str, ...] = ("embedding", "word")
-DEFAULT_REFERENCE = "embedding"
 _TINY = 1e-12
 
 

@@ -12,13 +12,10 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..names import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPE_NAMES
 
-DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-"""`auto` is CUDA when torch can use a GPU, else the CPU. `cuda:N` picks one GPU."""
-DEFAULT_DEVICE = "auto"
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-"""Precisions the model may run in (the measures stay float32)."""
-DEFAULT_DTYPE = "float32"
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+"""The torch dtype of each precision name."""
 
 
 def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:

@@ -10,7 +10,8 @@ import json
 import os
 import socket
 import threading
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,8 +29,10 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from ..errors import ModelLoadError
+from ..names import BUNDLED_ALIAS
 from .adapters import ADAPTERS, Adapter, adapter_for
 from .bundled import BUNDLED_LABEL, bundled_model_dir, verify_bundled
 from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device, resolve_dtype
@@ -37,8 +40,6 @@ from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device, resolve_dtype
 DEFAULT_MODEL = "FacebookAI/roberta-base"
 """The model the seed post used; tried first when no model is named."""
 _DEFAULT_CACHE_NAMES = (DEFAULT_MODEL, "roberta-base")
-BUNDLED_ALIAS = "bundled"
-"""Name that selects the bundled offline model explicitly."""
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
@@ -129,22 +130,45 @@ def _load(source: str, placement: _Placement, *, local_only: bool, label: str, r
     """Load config, weights and tokenizer through transformers (once per source and placement); never with
     remote code."""
     if (source, placement) not in _weights:
-        common = {"local_files_only": local_only, "trust_remote_code": False}
-        try:
-            config = AutoConfig.from_pretrained(source, **common)
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"cannot load a model config from {source!r}: {_first_line(error)}") from error
-        adapter = adapter_for(config)
-        heads = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}
-        auto = heads[adapter.objective] if adapter.carries_head(config) else AutoModel
-        try:
-            model = auto.from_pretrained(source, config=config, dtype=placement[1], **common).to(placement[0])
-            tokenizer = AutoTokenizer.from_pretrained(source, **common)
-        except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise ModelLoadError(f"cannot load model {source!r}: {_first_line(error)}") from error
-        _weights[source, placement] = (model.eval(), tokenizer, adapter, threading.RLock())
+        with _quiet():
+            _weights[source, placement] = _load_weights(source, placement, local_only)
     model, tokenizer, adapter, lock = _weights[source, placement]
     return LoadedModel(source, label, reason, model, tokenizer, adapter, lock)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers while it loads: its load reports, warnings and "Loading weights" bars are noise to
+    our users (failures still raise). The previous verbosity and bar setting come back afterwards."""
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_weights(
+    source: str, placement: _Placement, local_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Adapter, AbstractContextManager[bool]]:
+    """Config, weights (with the output head where the checkpoint has one) and tokenizer, through transformers."""
+    common = {"local_files_only": local_only, "trust_remote_code": False}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load a model config from {source!r}: {_first_line(error)}") from error
+    adapter = adapter_for(config)
+    heads = {"masked": AutoModelForMaskedLM, "causal": AutoModelForCausalLM}
+    auto = heads[adapter.objective] if adapter.carries_head(config) else AutoModel
+    try:
+        model = auto.from_pretrained(source, config=config, dtype=placement[1], **common).to(placement[0])
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"cannot load model {source!r}: {_first_line(error)}") from error
+    return model.eval(), tokenizer, adapter, threading.RLock()
 
 
 def _load_named(name: str, placement: _Placement) -> LoadedModel:

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis
+from ..catalog import MEASURES, MeasureInfo
 from ..errors import OptionError
-from ..metrics import MEASURES, MeasureInfo
 
 SELECTED = "selected"
 """Vega parameter: the index of the selected token."""

@@ -9,9 +9,8 @@ import altair as alt
 import vl_convert
 
 from ..errors import InputError
+from ..names import FIGURE_FILE_TYPES as FILE_TYPES
 
-FILE_TYPES = (".png", ".svg", ".pdf", ".html")
-"""What `save` writes, by file extension; HTML files carry their own copy of Vega, so they open offline."""
 PNG_SCALE = 2.0
 """PNGs are drawn at twice the chart's size, sharp on high-density screens and in print."""
 

@@ -1,7 +1,8 @@
 """What each measure is, defined once: every face (tables, JSON, CSV, charts, the page) reads these.
 
-A new measure is one `MeasureInfo` here plus the code that computes it; titles, axes, number formats, scales
-and whether it lives on layers or on layer pairs all come from its entry.
+A new measure is one `MeasureInfo` here plus the code that computes it (`analysis.measure_texts`); titles, axes,
+number formats, scales and whether it lives on layers or on layer pairs all come from its entry. Like `names`,
+it imports nothing heavy, so the command line can list the measures at once.
 """
 
 from __future__ import annotations

@@ -1,0 +1,33 @@
+"""The names a user chooses from, and their defaults: taps, reference spaces, devices, precisions, the bundled
+model's alias.
+
+Kept free of heavy imports (torch, transformers), so that the command line builds its options and answers
+`--help` or a malformed value at once; the modules that implement each name import it from here.
+"""
+
+from __future__ import annotations
+
+TAPS: tuple[str, ...] = ("resid_mid", "attn_ln", "resid_post")
+"""`resid_mid`: attention output + residual, the input of the norm that follows it (post-norm blocks: the
+attention LayerNorm; pre-norm blocks: the norm before the MLP). `attn_ln`: that norm's output. `resid_post`: the
+block's output (post-norm: `hidden_states[l]`; pre-norm: also at the last block, before the final norm)."""
+DEFAULT_TAP = "resid_mid"
+
+REFERENCES: tuple[str, ...] = ("embedding", "word")
+"""What "the original encoding" of a vocabulary item is: the embedding layer's encoding of it in the token's
+slot, or its raw word-embedding row (see `metrics.reference`)."""
+DEFAULT_REFERENCE = "embedding"
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+"""`auto` is CUDA when torch can use a GPU, else the CPU. `cuda:N` picks one GPU."""
+DEFAULT_DEVICE = "auto"
+
+DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+"""Precisions the model may run in (the measures stay float32)."""
+DEFAULT_DTYPE = "float32"
+
+BUNDLED_ALIAS = "bundled"
+"""Name that selects the bundled offline model explicitly."""
+
+FIGURE_FILE_TYPES: tuple[str, ...] = (".png", ".svg", ".pdf", ".html")
+"""What a figure is saved as, by file extension; HTML files carry their own copy of Vega, so they open offline."""
