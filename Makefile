@@ -2,8 +2,11 @@
 # and `make test` (set up, then run the test suite). Setup is a local virtual environment in .venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch; an unpinned torch can pull a multi-GB CUDA build.
+# torch is installed first, as TORCH from wherever TORCH_INDEX points pip (default: pip's own configuration).
+# On Linux, PyPI's torch wheel is the CUDA build (several GB with its CUDA libraries). For the CPU-only build, pass
+# the CPU wheel index given in PyTorch's install instructions: make setup TORCH_INDEX="--index-url <that index>".
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 TEXT ?= Time flies like an arrow. Fruit flies like a banana.
 
 .PHONY: setup demo test
@@ -11,7 +14,7 @@ TEXT ?= Time flies like an arrow. Fruit flies like a banana.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(TORCH_INDEX) "$(TORCH)"
 	$(PY) -m pip install --quiet --editable ".[test]"
 	touch $@
 

@@ -73,8 +73,8 @@ def test_json_on_the_bundled_model_matches_the_definitions(bundled):
 
 def test_csv_to_a_file(tmp_path, tiny_roberta):
     target = tmp_path / "out.csv"
-    out, _ = _ok(run_cli("analyze", SEED, "--model", str(tiny_roberta), "-f", "csv", "--out", str(target), "--top-k", "7"))
-    assert out == ""
+    out, err = _ok(run_cli("analyze", SEED, "--model", str(tiny_roberta), "-f", "csv", "--out", str(target), "--top-k", "7"))
+    assert out == "" and err.splitlines()[-1] == f"wrote {target}"
     frame = pd.read_csv(target)
     assert list(frame.columns) == ["token_index", "token_id", "token", "special", "layer", "cosine", "rank", "overlap_next"]
     tokens = frame.token_index.nunique()
@@ -91,10 +91,24 @@ def test_token_focus():
     out, err = _ok(run_cli("analyze", SEED, "--token", "flies"))
     assert "matches tokens [2, 8]; showing 2" in err
     assert "token 2 'flies'" in out and "nearest vocabulary items" in out
+    widths = {len(line) for line in out.splitlines()[1:]}
+    assert widths == {100}, widths  # the nearest items give way, cut with an ellipsis
+    assert "…" in out
     out, _ = _ok(run_cli("analyze", SEED, "--token", "8", "-f", "json"))
     data = json.loads(out)
     assert [t["index"] for t in data["tokens"]] == [8]
     assert np.array(data["cosine"]).shape == (7, 1)
+
+
+def test_tables_to_a_file_align_and_carry_no_trailing_spaces(tmp_path):
+    target = tmp_path / "tables.txt"
+    _, err = _ok(run_cli("analyze", SEED, "--out", str(target)))
+    assert err.splitlines()[-1] == f"wrote {target}"
+    lines = target.read_text(encoding="utf-8").splitlines()
+    assert all(line == line.rstrip() for line in lines)
+    rows = [line for line in lines if line.startswith("│ 13 │")]  # [SEP] in each measure's table
+    cells = [[len(cell) for cell in row.split("│")[1:-1]] for row in rows]
+    assert len(cells) == 3 and cells[0] == cells[1] and cells[2] == cells[0][:-1]  # overlap has one step fewer
 
 
 def test_models_command():

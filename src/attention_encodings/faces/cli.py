@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import io
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -65,27 +66,29 @@ def progress_bar(label: str) -> Iterator[object]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _console(stream: IO[str], renderable: Table) -> Console:
-    """A console on `stream`; off a terminal it is as wide as the table needs, so nothing wraps."""
-    console = Console(file=stream, soft_wrap=False)
-    if not console.is_terminal:
-        console.width = max(80, Console(width=10_000).measure(renderable).maximum)
-    renderable.min_width = min(console.width, len(str(renderable.title or "")))
-    return console
+TOKEN_TABLE_WIDTH = 100
+"""The `--token` table fits this many columns (its list of nearest items is cut to fit, with …)."""
 
 
 def overview_tables(result: Analysis) -> list[Table]:
-    """One table per measure: a row per token, a column per layer (or per step l→l+1)."""
+    """One table per measure: a row per token, a column per layer (or per step l→l+1). Every table has the same
+    width and the same column widths, so they read as one aligned block."""
+    cells = {
+        name: [[_cell(m.info.format, v) for v in m.values[:, column]] for column in range(len(result.tokens))]
+        for name, m in result.measures.items()
+    }
+    titles = {name: m.info.titled(result.settings) for name, m in result.measures.items()}
+    width = max([len(f"{layer}→{layer + 1}") for layer in result.layers] + [len(c) for rows in cells.values() for row in rows for c in row])
     tables = []
-    for measure in result.measures.values():
-        info = measure.info
-        table = Table(title=info.titled(result.settings), title_justify="left", title_style="bold")
+    for name, measure in result.measures.items():
+        table = Table(title=titles[name], title_justify="left", title_style="bold", min_width=max(map(len, titles.values())))
         table.add_column("#", justify="right")
         table.add_column("token")
         for layer in measure.layers:
-            table.add_column(f"{layer}→{layer + 1}" if info.steps else f"L{layer}", justify="right")
+            header = f"{layer}→{layer + 1}" if measure.info.steps else f"L{layer}"
+            table.add_column(header, justify="right", min_width=width)
         for column, token in enumerate(result.tokens):
-            table.add_row(str(token.index), token.text, *(_cell(info.format, v) for v in measure.values[:, column]))
+            table.add_row(str(token.index), token.text, *cells[name][column])
         tables.append(table)
     return tables
 
@@ -98,24 +101,27 @@ def _cell(number_format: str, value: Any) -> str:
 
 
 def token_table(result: Analysis) -> Table:
-    """Layer-by-layer table for an analysis narrowed to one token: every measure, then its nearest items."""
+    """Layer-by-layer table for an analysis narrowed to one token: every measure, then its nearest items (the only
+    column that gives way, cut with … where the table would pass its width)."""
     token = result.tokens[0]
+    columns = {"layer": [str(layer) for layer in result.layers]}
+    for m in result.measures.values():
+        header = f"{m.name}→next" if m.info.steps else m.name
+        columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
+    widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
     table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
-    table.add_column("layer", justify="right")
-    for measure in result.measures.values():
-        header = f"{measure.name}→next (top-{result.top_k})" if measure.info.steps else measure.name
-        table.add_column(header, justify="right")
-    table.add_column("nearest vocabulary items", justify="left")
+    for (header, cells), width in zip(columns.items(), widths):
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    room = max(12, TOKEN_TABLE_WIDTH - sum(width + 3 for width in widths) - 4)  # each column: padding and a border
+    table.add_column("nearest vocabulary items", justify="left", no_wrap=True, overflow="ellipsis", max_width=room)
     for layer in result.layers:
-        cells = [
-            _cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for m in result.measures.values()
-        ]
         nearest = ", ".join(f"{n.text.strip() or n.text!r} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])
-        table.add_row(str(layer), *cells, nearest)
+        table.add_row(*(cells[layer] for cells in columns.values()), nearest)
     return table
 
 
 def write_output(text: str, out: Path | None) -> None:
+    """`text` to standard output, or to `out` (then saying `wrote FILE` on stderr)."""
     if out is None:
         sys.stdout.write(text)
         return
@@ -123,6 +129,25 @@ def write_output(text: str, out: Path | None) -> None:
         out.write_text(text, encoding="utf-8")
     except OSError as error:
         raise InputError(f"cannot write {out}: {error.strerror or error}") from error
+    typer.echo(f"wrote {out}", err=True)
+
+
+def render_tables(tables: list[Table], out: Path | None) -> None:
+    """Print tables on a terminal with their styles; elsewhere (a pipe, `--out`) as plain text whose lines carry
+    no trailing spaces, each table as wide as it needs (nothing wraps)."""
+    terminal = Console(file=sys.stdout)
+    if out is None and terminal.is_terminal:
+        for table in tables:
+            terminal.print(table)
+        return
+    write_output("".join(_plain(table) for table in tables), out)
+
+
+def _plain(table: Table) -> str:
+    """`table` as plain text, each line stripped of the padding after it."""
+    console = Console(file=io.StringIO(), width=Console(width=10_000).measure(table).maximum, color_system=None, soft_wrap=False)
+    console.print(table)
+    return "".join(line.rstrip() + "\n" for line in console.file.getvalue().splitlines())
 
 
 TextArgument = Annotated[str, typer.Argument(help="The text to analyse, or - to read it from standard input.")]
@@ -207,8 +232,10 @@ def analyze_command(
     elif output_format == "csv":
         write_output(result.to_frame().to_csv(index=False), out)
     else:
-        tables = [token_table(result)] if token is not None else overview_tables(result)
-        render_tables(tables, out)
+        if token is not None:
+            render_tables([token_table(result)], out)
+        else:
+            render_tables(overview_tables(result), out)
 
 
 @app.command("plot")
@@ -260,19 +287,6 @@ def serve_command(
     serve(allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings)
 
 
-def render_tables(tables: list[Table], out: Path | None) -> None:
-    if out is None:
-        for table in tables:
-            _console(sys.stdout, table).print(table)
-        return
-    try:
-        with out.open("w", encoding="utf-8") as stream:
-            for table in tables:
-                _console(stream, table).print(table)
-    except OSError as error:
-        raise InputError(f"cannot write {out}: {error.strerror or error}") from error
-
-
 @app.command("models")
 def models_command() -> None:
     """List the supported families, the bundled model and the models in the local HF cache."""
@@ -284,7 +298,7 @@ def models_command() -> None:
         families.add_column(header)
     for adapter in ADAPTERS:
         families.add_row(adapter.family, ", ".join(adapter.model_types), ", ".join(adapter.examples))
-    _console(sys.stdout, families).print(families)
+    render_tables([families], None)
     folder = bundled_model_dir()
     weights = folder / BUNDLED_WEIGHTS
     check = "missing" if not weights.is_file() else ("ok" if sha256_of(weights) == BUNDLED_SHA256 else "MISMATCH")
@@ -296,7 +310,7 @@ def models_command() -> None:
     for entry in cached_models():
         cached.add_row(entry.repo_id, entry.model_type or "?", entry.family or "no", f"{entry.size_bytes / 1e6:.0f} MB")
     if cached.row_count:
-        _console(sys.stdout, cached).print(cached)
+        render_tables([cached], None)
     else:
         typer.echo("no models in the local Hugging Face cache")
     typer.echo(f"\ndevices: cpu ({usable_cpus()} usable cores); cuda: {cuda_summary()}")
