@@ -30,7 +30,7 @@ def test_defaults_and_shapes(seed_result, bundled):
     assert r.overlap.values.shape == (layers - 1, tokens)
     assert r.neighbour_ids.shape == r.neighbour_texts.shape == (layers, tokens, 15)
     assert np.asarray(r.cosine).shape == (layers, tokens)
-    assert r.model == str(bundled.name) and "bundled" in r.model_label
+    assert r.model == "sentence-transformers/all-MiniLM-L6-v2" == bundled.name and "bundled" in r.model_label
 
 
 def test_tokens_and_special_flags(seed_result):

@@ -64,7 +64,7 @@ def test_json_on_the_bundled_model_matches_the_definitions(bundled):
     out, _ = _ok(run_cli("analyze", SEED, "--format", "json"))
     data = json.loads(out)
     assert set(data) == {"model", "tap", "reference", "top_k", "tokens", "layers", "cosine", "rank", "overlap", "neighbours"}
-    assert data["model"] == bundled.name and data["top_k"] == 100
+    assert data["model"] == "sentence-transformers/all-MiniLM-L6-v2" and "site-packages" not in out and data["top_k"] == 100
 
     encoding = encode(bundled, SEED)
     states = trace(bundled, encoding).states("resid_mid")

@@ -18,7 +18,7 @@ from attention_encodings.models.bundled import sha256_of, verify_bundled
 def test_local_directory(tiny_roberta):
     handle = load_model(str(tiny_roberta))
     assert handle.adapter.family == "RoBERTa"
-    assert handle.name == str(tiny_roberta.resolve())
+    assert handle.name == str(tiny_roberta) and handle.source == str(tiny_roberta.resolve())
     assert handle.num_layers == 3
     assert handle.max_tokens == TINY_MAX_POSITIONS - 2
     assert "local directory" in handle.reason

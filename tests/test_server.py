@@ -48,6 +48,7 @@ def test_analyze_returns_the_cli_contract(client, bundled):
     response = client.post("/api/analyze", json={"text": SEED})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json() == json.loads(analyze(SEED, bundled).to_json())
+    assert response.json()["model"] == "sentence-transformers/all-MiniLM-L6-v2" and "site-packages" not in response.text
 
 
 def test_analyze_mirrors_every_argument(client, tiny_roberta):

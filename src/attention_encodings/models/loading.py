@@ -34,7 +34,7 @@ from transformers.utils import logging as hf_logging
 from ..errors import ModelLoadError
 from ..names import BUNDLED_ALIAS
 from .adapters import ADAPTERS, Adapter, adapter_for
-from .bundled import BUNDLED_LABEL, bundled_model_dir, verify_bundled
+from .bundled import BUNDLED_HUB_ID, BUNDLED_LABEL, bundled_model_dir, verify_bundled
 from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device, resolve_dtype
 
 DEFAULT_MODEL = "FacebookAI/roberta-base"
@@ -48,11 +48,14 @@ class LoadedModel:
     """A model ready to trace: weights, tokenizer, architecture adapter, and why it was chosen."""
 
     name: str
-    """The resolved hub id or local path; passing it to `load_model` loads the same model."""
+    """The model's name, fit to show anyone: its hub id (the bundled model's is
+    `sentence-transformers/all-MiniLM-L6-v2`), or a local directory as it was given. Never an install path."""
     label: str
     """A short name for people (e.g. `roberta-base`, `all-MiniLM-L6-v2 (bundled)`)."""
     reason: str
     """One line saying where the model came from and why it is the one in use."""
+    source: str
+    """What was loaded: the resolved hub id or local path (the bundled model's folder in site-packages)."""
     model: PreTrainedModel
     """The whole model as loaded: with its output head where the checkpoint has one (see `Adapter.head`)."""
     tokenizer: PreTrainedTokenizerBase
@@ -126,14 +129,14 @@ def load_model(
         return _requests[key, placement]
 
 
-def _load(source: str, placement: _Placement, *, local_only: bool, label: str, reason: str) -> LoadedModel:
+def _load(source: str, placement: _Placement, *, local_only: bool, name: str, label: str, reason: str) -> LoadedModel:
     """Load config, weights and tokenizer through transformers (once per source and placement); never with
     remote code."""
     if (source, placement) not in _weights:
         with _quiet():
             _weights[source, placement] = _load_weights(source, placement, local_only)
     model, tokenizer, adapter, lock = _weights[source, placement]
-    return LoadedModel(source, label, reason, model, tokenizer, adapter, lock)
+    return LoadedModel(name, label, reason, source, model, tokenizer, adapter, lock)
 
 
 @contextmanager
@@ -174,27 +177,29 @@ def _load_weights(
 def _load_named(name: str, placement: _Placement) -> LoadedModel:
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load(str(path.resolve()), placement, local_only=True, label=path.name, reason=f"local directory {path}")
+        return _load(str(path.resolve()), placement, local_only=True, name=name, label=path.name, reason=f"local directory {path}")
     if name == BUNDLED_ALIAS:
         return _load_bundled(placement, "named explicitly")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
         raise ModelLoadError(f"no model directory at {name!r}")
     if _is_cached(name):
-        return _load(name, placement, local_only=True, label=name, reason="named explicitly, from the Hugging Face cache")
+        return _load(name, placement, local_only=True, name=name, label=name, reason="named explicitly, from the Hugging Face cache")
     unavailable = _hub_unavailable()
     if unavailable:
         raise ModelLoadError(f"model {name!r} is not in the Hugging Face cache and {unavailable}")
-    return _load(name, placement, local_only=False, label=name, reason="named explicitly, from the Hugging Face hub")
+    return _load(name, placement, local_only=False, name=name, label=name, reason="named explicitly, from the Hugging Face hub")
 
 
 def _resolve_default(placement: _Placement) -> LoadedModel:
     cached = next((name for name in _DEFAULT_CACHE_NAMES if _is_cached(name)), None)
     try:
         if cached:
-            return _load(cached, placement, local_only=True, label="roberta-base", reason="the default, from the HF cache")
+            return _load(cached, placement, local_only=True, name=cached, label="roberta-base", reason="the default, from the HF cache")
         unavailable = _hub_unavailable()
         if not unavailable:
-            return _load(DEFAULT_MODEL, placement, local_only=False, label="roberta-base", reason="the default, from the hub")
+            return _load(
+                DEFAULT_MODEL, placement, local_only=False, name=DEFAULT_MODEL, label="roberta-base", reason="the default, from the hub"
+            )
         why = f"roberta-base is not in the HF cache and {unavailable}"
     except ModelLoadError as error:
         why = f"roberta-base could not be loaded ({error})"
@@ -203,7 +208,7 @@ def _resolve_default(placement: _Placement) -> LoadedModel:
 
 def _load_bundled(placement: _Placement, reason: str) -> LoadedModel:
     folder = verify_bundled(bundled_model_dir())
-    return _load(str(folder), placement, local_only=True, label=f"{BUNDLED_LABEL} (bundled)", reason=reason)
+    return _load(str(folder), placement, local_only=True, name=BUNDLED_HUB_ID, label=f"{BUNDLED_LABEL} (bundled)", reason=reason)
 
 
 def _is_cached(repo_id: str) -> bool:
