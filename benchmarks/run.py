@@ -124,7 +124,8 @@ def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
     )
     torch.manual_seed(0)
     model = RobertaModel(config).eval().to(resolve_device(device))
-    return LoadedModel(shape.name, f"{shape.name} (random weights)", "built by the benchmark", model, tokenizer, adapter_for(config))
+    label, reason = f"{shape.name} (random weights)", "built by the benchmark"
+    return LoadedModel(shape.name, label, reason, str(folder), model, tokenizer, adapter_for(config))
 
 
 def long_text(words: int) -> str:
