@@ -11,10 +11,9 @@ import os
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .catalog import MEASURES, MeasureInfo
@@ -30,6 +29,9 @@ from .metrics import (
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
 from .trace import DEFAULT_TAP, Encoding, encode, trace
+
+if TYPE_CHECKING:  # pandas loads with the first table asked for, not with every analysis
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Trajectory:
     def column(self, layers: int) -> pd.api.extensions.ExtensionArray | np.ndarray:
         """The values as one tidy-frame column over `layers` rows per token, layer-major. A layer-pair measure
         (null at the last layer) or a nullable one is a nullable Int64 or Float64 column."""
+        import pandas as pd
+
         full = np.zeros((layers, self.values.shape[1]), dtype=self.values.dtype)
         null = np.ones(full.shape, dtype=bool)
         full[: len(self.layers)] = self.values
@@ -188,6 +192,8 @@ class Analysis:
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (token, layer), a column per measure (a layer-pair measure such as overlap is
         named for the step to the next layer, `overlap_next`, and is null at the last layer)."""
+        import pandas as pd
+
         layers, tokens = len(self.layers), len(self.tokens)
         columns = {
             "token_index": np.tile([t.index for t in self.tokens], layers),
@@ -201,6 +207,8 @@ class Analysis:
 
     def neighbours_frame(self) -> pd.DataFrame:
         """Tidy table of neighbours: one row per (token, layer, neighbour)."""
+        import pandas as pd
+
         layers, tokens, n = self.neighbour_ids.shape
         layer, token, place = np.meshgrid(np.arange(layers), np.arange(tokens), np.arange(n), indexing="ij")
         index = np.array([t.index for t in self.tokens])
