@@ -127,30 +127,31 @@ def t5_dir(tmp_path_factory):
 
 
 BAD = [
-    (["analyze", ""], None, "text is empty"),
-    (["analyze", "  \n "], None, "text is empty"),
-    (["analyze", " ".join([SEED] * 10), "--model", "{tiny}"], None, "accepts at most 38"),
-    (["analyze", SEED, "--model", "someone/no-such-model"], None, "not in the Hugging Face cache"),
-    (["analyze", SEED, "--model", "./missing-folder"], None, "no model directory"),
-    (["analyze", SEED, "--model", "{t5}"], None, "unsupported architecture 't5'"),
-    (["analyze", SEED, "--tap", "resid_pre"], None, "unknown tap"),
-    (["analyze", SEED, "--reference", "unembed"], None, "unknown reference"),
-    (["analyze", SEED, "--model", "{tiny}", "--top-k", "0"], None, "top_k must be at least 1"),
-    (["analyze", SEED, "--model", "{tiny}", "--top-k", "100000"], None, "at most the vocabulary size"),
-    (["analyze", SEED, "--top-k", "many"], None, "Invalid value for '--top-k'"),
-    (["analyze", SEED, "--model", "{tiny}", "--token", "zebra"], None, "no token matches 'zebra'"),
-    (["analyze", "-"], b"caf\xe9 \xff", "standard input is not valid UTF-8"),
-    (["analyze", SEED, "--format", "xml"], None, "unknown format"),
-    (["analyze", SEED, "--no-such-option"], None, "No such option"),
+    (["analyze", ""], None, "text is empty", 1),
+    (["analyze", "  \n "], None, "text is empty", 1),
+    (["analyze", " ".join([SEED] * 10), "--model", "{tiny}"], None, "accepts at most 38", 1),
+    (["analyze", SEED, "--model", "someone/no-such-model"], None, "not in the Hugging Face cache", 1),
+    (["analyze", SEED, "--model", "./missing-folder"], None, "no model directory", 1),
+    (["analyze", SEED, "--model", "{t5}"], None, "unsupported architecture 't5'", 1),
+    (["analyze", SEED, "--tap", "resid_pre"], None, "unknown tap", 2),
+    (["analyze", SEED, "--reference", "unembed"], None, "unknown reference", 2),
+    (["analyze", SEED, "--model", "{tiny}", "--top-k", "0"], None, "top_k must be at least 1", 2),
+    (["analyze", SEED, "--model", "{tiny}", "--top-k", "100000"], None, "at most the vocabulary size", 1),
+    (["analyze", SEED, "--top-k", "many"], None, "Invalid value for '--top-k'", 2),
+    (["analyze", SEED, "--model", "{tiny}", "--token", "zebra"], None, "no token matches 'zebra'", 1),
+    (["analyze", "-"], b"caf\xe9 \xff", "standard input is not valid UTF-8", 1),
+    (["analyze", SEED, "--format", "xml"], None, "unknown format", 2),
+    (["analyze", SEED, "--no-such-option"], None, "No such option", 2),
 ]
 
 
-@pytest.mark.parametrize(("args", "stdin", "message"), BAD, ids=[case[2] for case in BAD])
-def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, tiny_roberta, t5_dir):
+@pytest.mark.parametrize(("args", "stdin", "message", "code"), BAD, ids=[case[2] for case in BAD])
+def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, code, tiny_roberta, t5_dir):
+    """Exit 2 for a malformed command line or option value, 1 for input or a model that cannot be used."""
     args = [a.replace("{tiny}", str(tiny_roberta)).replace("{t5}", str(t5_dir)) for a in args]
     done = run_cli(*args, stdin=stdin)
     err = done.stderr.decode()
-    assert done.returncode != 0
+    assert done.returncode == code
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], err

@@ -116,21 +116,22 @@ def test_plot_on_the_bundled_model(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        (["--out", "{tmp}/chart.gif"], "cannot save a figure as a .gif file"),
-        (["--out", "{tmp}/chart"], "cannot save a figure as a file without an extension"),
-        (["--out", "{tmp}/chart.png", "--measure", "churn"], "unknown measure 'churn'"),
-        (["--out", "{tmp}/chart.png", "--token", "zebra", "--model", "{tiny}"], "no token matches 'zebra'"),
-        ([], "Missing option '--out'"),
+        (["--out", "{tmp}/chart.gif"], "cannot save a figure as a .gif file", 2),
+        (["--out", "{tmp}/chart"], "cannot save a figure as a file without an extension", 2),
+        (["--out", "{tmp}/chart.png", "--measure", "churn"], "unknown measure 'churn'", 2),
+        (["--out", "{tmp}/chart.png", "--token", "zebra", "--model", "{tiny}"], "no token matches 'zebra'", 1),
+        ([], "Missing option '--out'", 2),
     ],
 )
-def test_plot_errors_are_one_line(args, message, tmp_path, tiny_roberta, capsys):
+def test_plot_errors_are_one_line(args, message, code, tmp_path, tiny_roberta, capsys):
+    """Malformed option values are usage errors (exit 2); input the model cannot take is exit 1."""
     args = [a.replace("{tmp}", str(tmp_path)).replace("{tiny}", str(tiny_roberta)) for a in args]
     with pytest.raises(SystemExit) as exit_:
         main(["plot", SEED, *args])
     err = capsys.readouterr().err
-    assert exit_.value.code != 0 and "Traceback" not in err
+    assert exit_.value.code == code and "Traceback" not in err
     assert err.splitlines()[-1].startswith("error: ") and message in err.splitlines()[-1], err
     assert not list(tmp_path.iterdir())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..names import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPE_NAMES
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -28,7 +28,7 @@ def resolve_device(device: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     except RuntimeError:
         chosen = None
     if chosen is None or chosen.type not in DEVICES:
-        raise InputError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
+        raise OptionError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)} (or cuda:N)")
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError("device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
@@ -42,7 +42,7 @@ def resolve_dtype(dtype: str | torch.dtype = DEFAULT_DTYPE) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        raise OptionError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import altair as alt
 import vl_convert
 
-from ..errors import InputError
+from ..errors import InputError, OptionError
 from ..names import FIGURE_FILE_TYPES as FILE_TYPES
 
 PNG_SCALE = 2.0
@@ -16,11 +16,11 @@ PNG_SCALE = 2.0
 
 
 def check_file_type(path: Path) -> str:
-    """The extension of `path` if `save` can write it, else a one-line `InputError`."""
+    """The extension of `path` if `save` can write it, else a one-line `OptionError`."""
     suffix = path.suffix.lower()
     if suffix not in FILE_TYPES:
         named = f"a {suffix} file" if suffix else "a file without an extension"
-        raise InputError(f"cannot save a figure as {named} ({path}); use one of: {', '.join(FILE_TYPES)}")
+        raise OptionError(f"cannot save a figure as {named} ({path}); use one of: {', '.join(FILE_TYPES)}")
     return suffix
 
 
