@@ -34,7 +34,7 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert bundled["layers"] == 6 and bundled["vocab_size"] == 30522 and bundled["max_tokens"] == MAX_TOKENS
     assert info["models"][1]["max_tokens"] == 38  # the tiny model's own limit is lower than the server's
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
-    assert info["defaults"] == {"tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15}
+    assert info["defaults"] == {"tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False}
 
 
 def test_default_server_offers_the_default_resolution():
@@ -159,9 +159,9 @@ def test_page_vega_and_docs_need_no_cdn(client):
         assert "cdn" not in html and "fonts.googleapis" not in html and "/static-offline-docs/" in html
     assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
     schema = client.get("/openapi.json").json()
-    assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/models"} <= set(schema["paths"])
+    assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
-    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours"}
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity"}
 
 
 def test_models_are_loaded_once_and_shared(bundled):

@@ -229,7 +229,7 @@ def test_api_docs_work_offline(page, server):
     page.locator(".opblock-summary-path[data-path='/api/analyze']").wait_for()
     assert "attention-encodings" in page.inner_text(".swagger-ui .info")
     paths = page.locator(".opblock-summary-path").evaluate_all("nodes => nodes.map(n => n.dataset.path)")
-    assert sorted(paths) == ["/api/analyze", "/api/analyze/csv", "/api/charts", "/api/models"]
+    assert sorted(paths) == ["/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"]
 
 
 def test_readme_screenshot(page, server):
@@ -241,3 +241,126 @@ def test_readme_screenshot(page, server):
     page.screenshot(path=ARTIFACTS / "demo.png", full_page=True)
     png = (ARTIFACTS / "demo.png").read_bytes()
     assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 1440
+
+
+def pair_chips(page: Page, first: int, second: int) -> None:
+    """Select `first`, then shift+click `second`, and wait for the pair chart to name both."""
+    page.click(f".chip[data-index='{first}']")
+    page.click(f".chip[data-index='{second}']", modifiers=["Shift"])
+    page.locator("figure[data-chart=similarity] canvas").wait_for()
+    page.wait_for_function(
+        f"document.querySelector('figure[data-chart=pair] svg')?.textContent.includes('and {second} ')"
+    )
+
+
+def canvas_image(page: Page) -> str:
+    return page.locator("figure[data-chart=similarity] canvas").evaluate("canvas => canvas.toDataURL()")
+
+
+def test_shift_click_pairs_two_tokens_and_the_slider_moves_the_layer(page, server):
+    open_page(page, server.url)
+    with page.expect_response("**/api/charts") as answer:
+        pair_chips(page, 2, 8)
+    assert answer.value.request.post_data_json["similarity"] is True  # asked for once, on the first pairing
+    assert "2 flies and 8 flies" in chart_text(page, "pair")
+    assert "paired" in page.get_attribute(".chip[data-index='8']", "class") and "pair=8" in page.url
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.click(".chip[data-index='11']", modifiers=["Shift"])  # a second pairing reads the data the page holds
+    page.wait_for_function("document.querySelector('figure[data-chart=pair] svg').textContent.includes('2 flies and 11 banana')")
+    before = canvas_image(page)
+    slider = page.locator("figure[data-chart=similarity] input[type=range]")
+    assert slider.get_attribute("max") == "6" and slider.input_value() == "6"
+    slider.fill("2")
+    page.wait_for_function(f"document.querySelector('figure[data-chart=similarity] canvas').toDataURL() !== {json.dumps(before)}")
+    assert requests == []
+    page.click(".chip[data-index='11']", modifiers=["Shift"])  # again: unpaired
+    page.locator("#pairs").wait_for(state="hidden")
+    assert "pair=" not in page.url and requests == []
+
+
+LONG = " ".join(["the cat sat on a mat"] * 21)
+"""126 words: 128 tokens on the bundled model, the page's limit."""
+
+
+def test_a_128_token_pair_heatmap_does_not_stall_the_page(page, server):
+    open_page(page, f"{server.url}/#text={quote(LONG)}&token=2&pair=8")
+    page.locator("figure[data-chart=similarity] canvas").wait_for()
+    assert page.locator(".chip").count() == 128
+    timings = page.locator("figure[data-chart=similarity]").evaluate(
+        """async (figure) => {
+          const slider = figure.querySelector("input[type=range]");
+          const canvas = figure.querySelector("canvas");
+          const times = [];
+          for (const layer of [0, 3, 5, 1, 6]) {
+            const before = canvas.toDataURL();
+            const start = performance.now();
+            slider.value = layer;
+            slider.dispatchEvent(new Event("input", { bubbles: true }));
+            while (canvas.toDataURL() === before) await new Promise((done) => requestAnimationFrame(done));
+            times.push(performance.now() - start);
+          }
+          return times;
+        }"""
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#pairs").screenshot(path=ARTIFACTS / "pair-128-tokens.png")
+    (ARTIFACTS / "slider-128-tokens.json").write_text(json.dumps(timings))
+    assert len(timings) == 5 and max(timings) < 5_000, timings  # generous: it redraws in a fraction of that
+
+
+def test_pin_then_change_the_tap_draws_two_runs_and_the_link_reopens_them(page, server):
+    open_page(page, f"{server.url}/#token=8")
+    page.click("#pin")
+    assert "a.tap=resid_mid" in page.url and page.get_attribute("#pin", "aria-pressed") == "true"
+    assert "Run A is pinned" in page.inner_text("#runs-line")
+    with page.expect_response("**/api/compare"):
+        page.select_option("#tap", "resid_post")
+    settle(page)
+    page.wait_for_function("document.querySelector('figure[data-chart=cosine] svg')?.textContent.includes('resid_post')")
+    lines = chart_text(page, "cosine")
+    assert "resid_mid" in lines and "resid_post" in lines and "token 8 flies" in lines  # the legend names the taps
+    assert page.locator(f"figure[data-chart=cosine] path[stroke='{ACCENT}']").count() >= 1  # run A's line
+    assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() >= 1  # run B's
+    maps = chart_text(page, "cosine_heatmap")
+    assert "resid_mid: cosine" in maps and "resid_post: cosine" in maps
+    assert "run A (resid_mid) with run B (resid_post)" in page.inner_text("#runs-line")
+    pair_chips(page, 8, 2)
+    shared = page.url
+    assert "tap=resid_post" in shared and "a.tap=resid_mid" in shared and "pair=2" in shared
+
+    other = page.context.new_page()
+    errors: list[str] = []
+    other.on("pageerror", lambda error: errors.append(str(error)))
+    with other.expect_response("**/api/compare") as answer:
+        other.goto(shared)
+    settle(other)
+    other.locator("figure[data-chart=similarity] canvas").wait_for()
+    body = answer.value.request.post_data_json
+    assert [run["tap"] for run in body["runs"]] == ["resid_mid", "resid_post"] and body["runs"][1]["similarity"]
+    assert other.input_value("#tap") == "resid_post" and "selected" in other.get_attribute(".chip[data-index='8']", "class")
+    assert "run A (resid_mid) with run B (resid_post)" in other.inner_text("#runs-line")
+    assert "8 flies and 2 flies" in chart_text(other, "pair")
+    other.screenshot(path=ARTIFACTS / "compare-shared-link.png", full_page=True)
+    other.close()
+    assert errors == []
+
+    page.click("#pin")  # unpin: the current run alone again
+    page.wait_for_function("!document.querySelector('figure[data-chart=cosine] svg').textContent.includes('resid_mid')")
+    assert "a.tap" not in page.url and page.locator("#runs-line").is_hidden()
+
+
+def test_two_models_pinned_match_tokens_by_text_and_name_the_rest(page, server, tiny_roberta):
+    text = f"{SEED} Unbelievably, bananas fly."
+    open_page(page, f"{server.url}/#text={quote(text)}")
+    page.click("#pin")
+    with page.expect_response("**/api/compare"):
+        page.select_option("#model", str(tiny_roberta))
+    settle(page)
+    page.locator("#note").wait_for()
+    note = page.inner_text("#note")
+    assert "not in every run" in note and "##bel" in note and "bananas" in note
+    assert page.locator(".chip").first.inner_text().endswith("[CLS]")  # the chips are run A's tokens
+    page.click(".chip[data-index='8']")
+    page.wait_for_function("document.querySelector('figure[data-chart=cosine] svg').textContent.includes('token 8 flies')")
+    assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() >= 1  # run B's matched "flies"

@@ -18,15 +18,17 @@ from ._version import __version__
 from .faces import notebook
 
 if TYPE_CHECKING:
-    from .analysis import Analysis, Neighbour, Token, Trajectory, analyze, analyze_with
+    from .analysis import Analysis, Neighbour, Pair, Similarity, Token, Trajectory, analyze, analyze_with
     from .catalog import MEASURES, MeasureInfo
+    from .comparison import Comparison, compare
     from .errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError, UnsupportedArchitectureError
     from .models import LoadedModel, load_model
     from .names import REFERENCES, TAPS
     from .settings import Settings
 
 _EXPORTS = {
-    "analysis": ("Analysis", "Neighbour", "Token", "Trajectory", "analyze", "analyze_with"),
+    "analysis": ("Analysis", "Neighbour", "Pair", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
+    "comparison": ("Comparison", "compare"),
     "errors": ("AttentionEncodingsError", "InputError", "ModelLoadError", "OptionError", "UnsupportedArchitectureError"),
     "catalog": ("MEASURES", "MeasureInfo"),
     "models": ("LoadedModel", "load_model"),
@@ -41,19 +43,23 @@ __all__ = [
     "TAPS",
     "Analysis",
     "AttentionEncodingsError",
+    "Comparison",
     "InputError",
     "LoadedModel",
     "MeasureInfo",
     "ModelLoadError",
     "Neighbour",
     "OptionError",
+    "Pair",
     "Settings",
+    "Similarity",
     "Token",
     "Trajectory",
     "UnsupportedArchitectureError",
     "__version__",
     "analyze",
     "analyze_with",
+    "compare",
     "load_model",
 ]
 

@@ -1,7 +1,9 @@
 """The result of tracing one text: `analyze()` and the `Analysis` object, with tidy tables and JSON.
 
 Every measure takes one shape, a `Trajectory` (layers × tokens) that carries its definition
-(`metrics.MeasureInfo`), so tables, JSON and charts treat every measure alike.
+(`metrics.MeasureInfo`), so tables, JSON and charts treat every measure alike. The token-to-token similarity,
+asked for with `similarity=True`, is not a measure of one token but of two: a `Similarity` (layers × tokens ×
+tokens), and `Analysis.pair(p, q)` follows one pair of tokens through the layers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .catalog import MEASURES, MeasureInfo
+from .catalog import MEASURES, SIMILARITY, MeasureInfo
 from .errors import InputError
 from .metrics import (
     DEFAULT_REFERENCE,
@@ -25,6 +27,7 @@ from .metrics import (
     check_reference,
     measure,
     reference_space,
+    token_similarity,
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
@@ -102,6 +105,79 @@ class Trajectory:
         return np.where(self.missing(), None, self.values.astype(object)).tolist()
 
 
+def token_matches(tokens: Sequence[Token], query: int | str) -> list[int]:
+    """Indices of the `tokens` that `query` names: an index, else tokens whose text matches (exactly, then
+    ignoring surrounding space and case)."""
+    if isinstance(query, int) or (isinstance(query, str) and query.strip().isdigit()):
+        return [t.index for t in tokens if t.index == int(query)]
+    for key in (lambda s: s, lambda s: s.strip(), lambda s: s.strip().casefold()):
+        found = [t.index for t in tokens if key(t.text) == key(query)]
+        if found:
+            return found
+    return []
+
+
+def token_index(tokens: Sequence[Token], query: int | str, other_than: int | None = None) -> int:
+    """The first of `tokens` that `query` names (one other than `other_than` if `query` names several), or an
+    `InputError` listing the tokens."""
+    found = token_matches(tokens, query)
+    if not found:
+        listing = " ".join(f"{t.index}:{t.text.strip() or t.text!r}" for t in tokens)
+        raise InputError(f"no token matches {query!r}; tokens are {listing}")
+    return next((index for index in found if index != other_than), found[0])
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """Every token's cosine to every token of the text at each layer, at the analysis's tap:
+    `values[l, i, j] = cos(x_l[rows[i]], x_l[columns[j]])`. Rows follow the analysis's tokens (one token after
+    `Analysis.select`); columns are every token of the text, so column j is token index j."""
+
+    rows: tuple[Token, ...]
+    columns: tuple[Token, ...]
+    values: np.ndarray
+    """(N+1, len(rows), len(columns)) float32."""
+
+    def take(self, rows: slice) -> Similarity:
+        """The same similarity for a slice of the rows."""
+        return replace(self, rows=self.rows[rows], values=self.values[:, rows])
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: one row per (layer, token, other token), with both tokens' indices and texts."""
+        layers, rows, columns = self.values.shape
+        layer, row, column = np.meshgrid(np.arange(layers), np.arange(rows), np.arange(columns), indexing="ij")
+        row, column = row.reshape(-1), column.reshape(-1)
+        texts = np.array([t.text for t in self.columns], dtype=object)
+        return pd.DataFrame(
+            {
+                "layer": layer.reshape(-1),
+                "token_index": np.array([t.index for t in self.rows])[row],
+                "token": np.array([t.text for t in self.rows], dtype=object)[row],
+                "other_index": column,
+                "other": texts[column],
+                "similarity": self.values.reshape(-1),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two tokens' similarity at each layer (`values[l] = cos(x_l[first], x_l[second])`): where they part ways."""
+
+    first: Token
+    second: Token
+    values: np.ndarray
+    """(N+1,), layer 0 first."""
+    info: MeasureInfo = SIMILARITY
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(range(len(self.values)))
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return np.array(self.values, dtype=dtype, copy=copy)
+
+
 @dataclass(frozen=True)
 class Analysis:
     """Every measure and the neighbours of every token at every layer of one text."""
@@ -122,6 +198,10 @@ class Analysis:
     """(N+1, T, n) readable text of each neighbour id."""
     dropped: int = 0
     """Tokens cut off the end by truncation."""
+    similarity: Similarity | None = None
+    """Token-to-token cosines, when asked for (`similarity=True`); None otherwise."""
+    text: str = ""
+    """The text analysed (what comparisons name when runs differ in it)."""
 
     def __getattr__(self, name: str) -> Trajectory:
         """A measure by name: `result.cosine`, `result.rank`, `result.overlap`, …"""
@@ -159,25 +239,15 @@ class Analysis:
     def token_matches(self, query: int | str) -> list[int]:
         """Indices of the tokens `query` names: an index, else tokens whose text matches (exactly, then
         ignoring surrounding space and case)."""
-        if isinstance(query, int) or (isinstance(query, str) and query.strip().isdigit()):
-            index = int(query)
-            return [index] if 0 <= index < len(self.tokens) else []
-        for key in (lambda s: s, lambda s: s.strip(), lambda s: s.strip().casefold()):
-            found = [t.index for t in self.tokens if key(t.text) == key(query)]
-            if found:
-                return found
-        return []
+        return token_matches(self.tokens, query)
 
     def token_index(self, query: int | str) -> int:
         """The first token `query` names, or an `InputError` listing the tokens."""
-        found = self.token_matches(query)
-        if not found:
-            listing = " ".join(f"{t.index}:{t.text.strip() or t.text!r}" for t in self.tokens)
-            raise InputError(f"no token matches {query!r}; tokens are {listing}")
-        return found[0]
+        return token_index(self.tokens, query)
 
     def select(self, token: int | str) -> Analysis:
-        """This analysis narrowed to the one token `token` names (its original index is kept)."""
+        """This analysis narrowed to the one token `token` names (its original index is kept; its similarity
+        keeps the token's row, against every token of the text)."""
         index = self.token_index(token)
         keep = slice(index, index + 1)
         return replace(
@@ -187,7 +257,19 @@ class Analysis:
             neighbour_ids=self.neighbour_ids[:, keep],
             neighbour_cosines=self.neighbour_cosines[:, keep],
             neighbour_texts=self.neighbour_texts[:, keep],
+            similarity=None if self.similarity is None else self.similarity.take(keep),
         )
+
+    def pair(self, first: int | str, second: int | str) -> Pair:
+        """The similarity of two tokens (indices or texts, as `select` takes them) at each layer. When both name
+        the same text, the second is its next occurrence: `pair("flies", "flies")` compares the two "flies"."""
+        similarity = self.similarity
+        if similarity is None:
+            raise InputError("this analysis has no token-to-token similarity; analyse with similarity=True (--similarity)")
+        p = self.token_index(first)
+        q = token_index(similarity.columns, second, other_than=p)
+        row = next(i for i, t in enumerate(similarity.rows) if t.index == p)
+        return Pair(similarity.rows[row], similarity.columns[q], similarity.values[:, row, q])
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (token, layer), a column per measure (a layer-pair measure such as overlap is
@@ -223,10 +305,18 @@ class Analysis:
             }
         )
 
+    def similarity_frame(self) -> pd.DataFrame:
+        """The token-to-token similarity as a tidy table (see `Similarity.to_frame`); an `InputError` when the
+        analysis has none."""
+        if self.similarity is None:
+            raise InputError("this analysis has no token-to-token similarity; analyse with similarity=True (--similarity)")
+        return self.similarity.to_frame()
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON contract: model, tap, reference, top_k, tokens, layers, every measure ([layer][token]) and
-        neighbours."""
+        """The JSON contract: model, tap, reference, top_k, tokens, layers, every measure ([layer][token]),
+        neighbours and, when asked for, similarity ([layer][token][every token of the text])."""
         layers, tokens, _ = self.neighbour_ids.shape
+        extra = {} if self.similarity is None else {"similarity": self.similarity.values.tolist()}
         return {
             "model": self.model,
             "tap": self.tap,
@@ -239,6 +329,7 @@ class Analysis:
                 [[n.__dict__ for n in self.neighbours(layer, token)] for token in range(tokens)]
                 for layer in range(layers)
             ],
+            **extra,
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -284,6 +375,7 @@ def analyze(
     neighbours: int = DEFAULT_NEIGHBOURS,
     *,
     truncate: bool = False,
+    similarity: bool = False,
     progress: Progress | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -293,6 +385,7 @@ def analyze(
     `model` is a hub id, a local directory, `"bundled"`, a handle from `load_model`, or None for the
     default (roberta-base if it can be loaded, else the bundled all-MiniLM-L6-v2). `device` (cpu, cuda,
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
+    `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
     handle = model if isinstance(model, LoadedModel) else None
@@ -305,6 +398,7 @@ def analyze(
         top_k=top_k,
         neighbours=neighbours,
         truncate=truncate,
+        similarity=similarity,
         device=device or DEFAULT_DEVICE,
         dtype=dtype or DEFAULT_DTYPE,
     )
@@ -322,6 +416,8 @@ class Measured:
     """(N+1, ΣT, n) vocabulary ids, nearest first."""
     neighbour_cosines: torch.Tensor
     """(N+1, ΣT, n)."""
+    similarity: tuple[torch.Tensor, ...] | None = None
+    """Per encoding, (N+1, T, T) token-to-token cosines, when `settings.similarity` asks for them."""
 
     def tokens_of(self, item: int) -> slice:
         """Where encoding `item`'s tokens sit along the packed axis."""
@@ -336,7 +432,8 @@ def measure_texts(
     computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the face that asks."""
     _check_at_most_vocabulary(settings, handle)
     space = reference_for(handle, settings.reference)
-    states = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
+    traced = trace(handle, encodings, taps=(settings.tap,))
+    states = traced.packed(settings.tap)
     adapter = handle.adapter
     offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in encodings])
     token_ids = torch.cat([e.input_ids for e in encodings])
@@ -344,11 +441,15 @@ def measure_texts(
         states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
     )
     values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
+    similarity = None
+    if settings.similarity:  # text by text, so memory is the T × T of each text, never of the padded batch
+        similarity = tuple(token_similarity(traced.states(settings.tap, item)).cpu() for item in range(len(encodings)))
     return Measured(
         encodings=tuple(encodings),
         values={name: values[name].cpu() for name in MEASURES if name in values},
         neighbour_ids=result.neighbour_ids.cpu(),
         neighbour_cosines=result.neighbour_cosines.cpu(),
+        similarity=similarity,
     )
 
 
@@ -384,4 +485,7 @@ def analyze_with(
         neighbour_cosines=measured.neighbour_cosines.numpy(),
         neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],
         dropped=encoding.dropped,
+        similarity=None if measured.similarity is None else Similarity(tokens, tokens, measured.similarity[0].numpy()),
+        text=text,
     )
+

@@ -89,3 +89,12 @@ OVERLAP = MeasureInfo(
 
 MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (COSINE, RANK, OVERLAP)}
 """Every measure, in the order faces show them."""
+
+SIMILARITY = MeasureInfo(
+    "similarity",
+    "Similarity of two tokens",
+    "cosine similarity of two tokens' representations at the same layer",
+    "cosine",
+    ".3f",
+)
+"""Not a measure of one token (so not in `MEASURES`) but of a pair: `Analysis.pair` and the pair charts."""

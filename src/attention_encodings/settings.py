@@ -9,6 +9,7 @@ request schema, so a new option is one field here. Like `names`, it imports noth
 from __future__ import annotations
 
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from itertools import product
 from typing import Any
 
 from .errors import OptionError
@@ -26,6 +27,8 @@ from .names import (
 
 DEFAULT_TOP_K = 100
 DEFAULT_NEIGHBOURS = 15
+MAX_RUNS = 4
+"""The most runs one comparison overlays (`runs()`)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Settings:
     reference: str = _option(DEFAULT_REFERENCE, "Reference space.", choices=REFERENCES)
     top_k: int = _option(DEFAULT_TOP_K, "Neighbourhood size for the overlap measure.", minimum=1)
     neighbours: int = _option(DEFAULT_NEIGHBOURS, "Nearest vocabulary items to report per token and layer.", minimum=0)
+    similarity: bool = _option(
+        False, "Also measure every token's cosine to every other token at each layer ((N+1)×T×T, so off by default)."
+    )
     truncate: bool = _option(False, "Cut text longer than the model's limit instead of refusing it.", web=False)
     device: str = _option(
         DEFAULT_DEVICE, "Where the model runs (auto: CUDA if available, else the CPU).", choices=DEVICES, web=False,
@@ -107,3 +113,29 @@ def check_value(item: Field[Any], value: Any) -> Any:
     elif option.choices and not option.open_choices and value not in option.choices:
         raise OptionError(f"unknown {name} {value!r}; choose one of: {', '.join(option.choices)}")
     return value
+
+
+def runs(repeated: dict[str, list[Any]], **fixed: Any) -> tuple[Settings, ...]:
+    """One `Settings` per combination of the `repeated` fields' values (their product, in field order: every tap
+    of the first model, then of the second…), each with the `fixed` fields; at most `MAX_RUNS`, and no value
+    twice, else a one-line `OptionError`."""
+    order = [item.name for item in fields(Settings) if item.name in repeated]
+    for name in order:
+        twice = next((value for index, value in enumerate(repeated[name]) if value in repeated[name][:index]), MISSING)
+        if twice is not MISSING:
+            raise OptionError(f"{name} {twice!r} is given twice; each run must differ")
+    count = 1
+    for name in order:
+        count *= len(repeated[name])
+    if count > MAX_RUNS:
+        sizes = " × ".join(f"{len(repeated[name])} {name}s" for name in order if len(repeated[name]) > 1)
+        raise OptionError(f"at most {MAX_RUNS} runs can be compared; {sizes} make {count}")
+    return tuple(Settings(**fixed, **dict(zip(order, values))) for values in product(*(repeated[name] for name in order)))
+
+
+def check_csv(settings: Settings) -> Settings:
+    """`settings` if a CSV can hold what they ask for, else a one-line `OptionError`: the CSV is the tidy table of
+    `Analysis.to_frame()`, one row per token and layer, which has no place for a token × token similarity."""
+    if settings.similarity:
+        raise OptionError("the similarity is part of the JSON, not the CSV (one row per token and layer); ask for JSON")
+    return settings

@@ -22,10 +22,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ..catalog import MEASURES
+from ..catalog import MEASURES, SIMILARITY
 from ..errors import AttentionEncodingsError, InputError, OptionError
 from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES
-from ..settings import Settings, default_of, options
+from ..settings import MAX_RUNS, Settings, check_csv, default_of, options, runs
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -120,6 +120,22 @@ def token_table(result: Analysis) -> Table:
     return table
 
 
+def similarity_table(result: Analysis) -> Table:
+    """For an analysis narrowed to one token: its cosine to every token of the text, a row per token and a
+    column per layer."""
+    similarity = result.similarity
+    assert similarity is not None
+    token = similarity.rows[0]
+    table = Table(title=f"token {token.index} {token.text!r}: cosine to every token", title_justify="left", title_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    for layer in result.layers:
+        table.add_column(f"L{layer}", justify="right")
+    for other in similarity.columns:
+        table.add_row(str(other.index), other.text, *(_cell(SIMILARITY.format, v) for v in similarity.values[:, 0, other.index]))
+    return table
+
+
 def write_output(text: str, out: Path | None) -> None:
     """`text` to standard output, or to `out` (then saying `wrote FILE` on stderr)."""
     if out is None:
@@ -156,26 +172,45 @@ _TYPES: dict[str, Any] = {"str": str, "str | None": Optional[str], "int": int, "
 """Python types of the settings fields, by their (string) annotation."""
 
 
-def with_settings(*, only: tuple[str, ...] | None = None, **defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_settings(
+    *,
+    only: tuple[str, ...] | None = None,
+    skip: tuple[str, ...] = (),
+    repeatable: tuple[str, ...] = (),
+    **defaults: Any,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per `Settings` field (name, help, choices and default from the field; `only`
-    limits which, `defaults` changes a default), collected into its `settings` argument. A new setting is
-    then one field in `settings.py`, and every command offers it."""
+    limits which, `skip` leaves some out, `defaults` changes a default), collected into its `settings` argument.
+    A new setting is then one field in `settings.py`, and every command offers it. With `repeatable`, those
+    options may be given several times and the command gets `runs` instead: one `Settings` per combination of
+    the repeated values (`settings.runs`: their product, at most `MAX_RUNS`)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        chosen = [(item, option) for item, option in options() if only is None or item.name in only]
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+        chosen = [(item, option) for item, option in options() if (only is None or item.name in only) and item.name not in skip]
+        argument = "runs" if repeatable else "settings"
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != argument]
         added = []
         for item, option in chosen:
             listed = f": {', '.join(option.choices)}" if option.choices else ""
             help_text = option.help.removesuffix(".") + listed + "."
-            flag = typer.Option(f"--{item.name.replace('_', '-')}", *option.flags, help=help_text)
-            default = defaults.get(item.name, default_of(item))
-            added.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[_TYPES[item.type], flag]))
+            kind, default, details = _TYPES[item.type], defaults.get(item.name, default_of(item)), {}
+            if item.name in repeatable:
+                help_text += f" Repeat it to compare runs (at most {MAX_RUNS} in all)."
+                kind, default, details = Optional[list[str]], None, {"metavar": "<str>"}  # repeatable settings are strings
+            flag = typer.Option(f"--{item.name.replace('_', '-')}", *option.flags, help=help_text, **details)
+            added.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, flag]))
 
         @functools.wraps(command)
         def run(**given: Any) -> Any:
             values = {item.name: given.pop(item.name) for item, _ in chosen}
-            return command(**given, settings=Settings(**values))
+            if not repeatable:
+                return command(**given, settings=Settings(**values))
+            repeated = {
+                item.name: values.pop(item.name) or [defaults.get(item.name, default_of(item))]
+                for item, _ in chosen
+                if item.name in repeatable
+            }
+            return command(**given, runs=runs(repeated, **values))
 
         parameters = [*own, *added]
         run.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -185,13 +220,12 @@ def with_settings(*, only: tuple[str, ...] | None = None, **defaults: Any) -> Ca
     return decorate
 
 
-def run_analysis(text: str, settings: Settings) -> Analysis:
-    """Read the text, load the model (saying which, why and where on stderr) and analyse, with a progress bar."""
+def run_analysis(source: str, settings: Settings) -> Analysis:
+    """Load the model (saying which, why and where on stderr) and analyse `source`, with a progress bar."""
     from ..analysis import analyze_with, load_for
     from ..models import set_threads
 
     used = set_threads(settings.threads)
-    source = read_text(text)
     handle = load_for(settings)
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
     typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
@@ -224,7 +258,11 @@ def analyze_command(
     """Measure cosine, rank and neighbour churn for every token at every layer."""
     if output_format not in FORMATS:
         raise OptionError(f"unknown format {output_format!r}; choose one of: {', '.join(FORMATS)}")
-    result = run_analysis(text, settings)
+    if output_format == "csv":
+        check_csv(settings)
+    if output_format == "table" and settings.similarity and token is None:
+        raise OptionError("a table shows the similarity of one token (--token) to every other; --format json writes all of it")
+    result = run_analysis(read_text(text), settings)
     if token is not None:
         result = result.select(pick_token(result, token))
     if output_format == "json":
@@ -232,14 +270,20 @@ def analyze_command(
     elif output_format == "csv":
         write_output(result.to_frame().to_csv(index=False), out)
     else:
-        if token is not None:
-            render_tables([token_table(result)], out)
-        else:
-            render_tables(overview_tables(result), out)
+        tables = [token_table(result)] if token is not None else overview_tables(result)
+        render_tables(tables + ([similarity_table(result)] if settings.similarity else []), out)
+
+
+def parse_pair(value: str) -> tuple[str, str]:
+    """`--pair P,Q` as its two tokens (indices or texts), or a one-line `OptionError`."""
+    first, comma, second = value.partition(",")
+    if not (comma and first.strip() and second.strip()):
+        raise OptionError(f"--pair takes two tokens as P,Q (indices or texts), such as 2,8 or flies,flies; got {value!r}")
+    return first, second
 
 
 @app.command("plot")
-@with_settings()
+@with_settings(repeatable=("model", "tap", "reference"), skip=("similarity",))
 def plot_command(
     text: TextArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FIGURE_FILE_TYPES)}.")],
@@ -247,19 +291,39 @@ def plot_command(
         Optional[str], typer.Option(help="The token to highlight: its index, or its text. Default: the first non-special.")
     ] = None,
     measure: Annotated[
-        str, typer.Option(help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (every chart and the neighbour table).")
-    ] = "all",
+        Optional[str],
+        typer.Option(help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (the default: every chart and the neighbour table)."),
+    ] = None,
+    pair: Annotated[
+        Optional[str],
+        typer.Option(help="P,Q: draw the similarity of two tokens (indices or texts) against the layer, and every token pair's."),
+    ] = None,
     *,
-    settings: Settings,
+    runs: tuple[Settings, ...],
 ) -> None:
-    """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file."""
-    from ..views import check_figure, check_file_type, figure, save
+    """Draw a text's charts to a PNG, SVG, PDF or self-contained HTML file; repeat --model, --tap or --reference to
+    overlay the runs."""
+    from ..comparison import compare
+    from ..views import check_figure, check_file_type, figure, overlay_figure, pair_figure, save
 
-    check_figure(measure)
     check_file_type(out)
-    result = run_analysis(text, settings)
-    selected = None if token is None else pick_token(result, token)
-    save(figure(result, measure, selected), out)
+    if measure is not None:
+        check_figure(measure)
+    tokens = None if pair is None else parse_pair(pair)
+    if tokens is not None and (measure is not None or token is not None):
+        raise OptionError("--pair draws its own figure, of its two tokens; leave out --measure and --token")
+    source = read_text(text)
+    results = [run_analysis(source, s if tokens is None else s.replace(similarity=True)) for s in runs]
+    selected = None if token is None else pick_token(results[0], token)
+    if tokens is None and len(results) == 1:
+        chart = figure(results[0], measure or "all", selected)
+    else:
+        comparison = compare(results)
+        note = comparison.note()
+        if note:
+            typer.echo(f"note: {note}", err=True)
+        chart = pair_figure(comparison, *tokens) if tokens else overlay_figure(comparison, measure or "all", selected)
+    save(chart, out)
     typer.echo(f"wrote {out}", err=True)
 
 

@@ -29,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from .._version import __version__
 from ..analysis import Analysis, analyze_with
 from ..catalog import MEASURES
+from ..comparison import compare
 from ..errors import InputError
 from ..models import LoadedModel, load_model, set_threads
 from ..names import REFERENCES
-from ..settings import Settings, default_of, options
+from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
 from ..trace import TAPS
-from ..views import chart_specs, default_token, vega_javascript
+from ..views import default_token, page_specs, vega_javascript
 
 DEFAULT_MODEL_ID = "default"
 """The id under which a server started without `--models` offers the default model resolution."""
@@ -78,6 +79,14 @@ AnalyzeRequest = create_model(
 )
 
 
+class CompareRequest(BaseModel):
+    """Runs to draw side by side: run A first, each an analysis request of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[AnalyzeRequest] = Field(min_length=2, max_length=MAX_RUNS)  # type: ignore[valid-type]
+
+
 class ServedModel(BaseModel):
     """A model this server may run."""
 
@@ -103,7 +112,8 @@ class ServerInfo(BaseModel):
 
 CONTRACT = (
     "The JSON contract shared with `attention-encodings analyze --format json`: model, tap, reference, top_k, "
-    "tokens, layers, cosine and rank ([layer][token]), overlap ([l][token], layers l to l+1) and neighbours."
+    "tokens, layers, cosine and rank ([layer][token]), overlap ([l][token], layers l to l+1), neighbours and, "
+    "when `similarity` is true, similarity ([layer][token][token])."
 )
 
 
@@ -116,17 +126,22 @@ def load_allowed(names: Sequence[str | None], settings: Settings = Settings()) -
     }
 
 
-def chart_payload(model: ServedModel, result: Analysis) -> dict[str, Any]:
-    """What the page draws: the model, the tokens, the default selection, every chart's Vega-Lite spec and,
-    once, the datasets the specs name (the page puts them back into each spec)."""
-    specs, data = chart_specs(result)
+def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any]:
+    """What the page draws for one run or several side by side (run A first): the last run's model, run A's
+    tokens and default selection, each run's label, every chart's Vega-Lite spec and, once, the datasets the
+    specs name (the page puts them back into each spec), and a note naming tokens not in every run."""
+    first = runs[0][1]
+    comparison = compare([result for _, result in runs])
+    specs, data = page_specs(comparison)
     return {
-        "model": model.model_dump(),
-        "tokens": [token.__dict__ for token in result.tokens],
-        "selected": default_token(result),
-        "measures": list(result.measures),
+        "model": runs[-1][0].model_dump(),
+        "runs": [{"label": label, "model": model.id} for label, (model, _) in zip(comparison.labels, runs)],
+        "tokens": [token.__dict__ for token in first.tokens],
+        "selected": default_token(first),
+        "measures": list(first.measures),
         "charts": specs,
         "datasets": data,
+        "note": comparison.note(),
     }
 
 
@@ -227,13 +242,20 @@ def create_app(models: Sequence[str | None] = (None,), settings: Settings = Sett
     @app.post("/api/analyze/csv", responses={200: {"content": {"text/csv": {}}}})
     def analyze_csv(request: AnalyzeRequest) -> Response:
         """The same analysis as a tidy CSV table, as `--format csv` writes it: a row per (token, layer)."""
+        check_csv(Settings(**request.model_dump(exclude={"text", "model"})))
         headers = {"Content-Disposition": 'attachment; filename="attention-encodings.csv"'}
         return Response(run(request)[1].to_frame().to_csv(index=False), media_type="text/csv", headers=headers)
 
     @app.post("/api/charts")
     def chart_specs(request: AnalyzeRequest) -> dict[str, Any]:
         """Every chart of the analysis as a Vega-Lite spec, with the tokens: what the page draws."""
-        return chart_payload(*run(request))
+        return chart_payload([run(request)])
+
+    @app.post("/api/compare")
+    def compare_specs(request: CompareRequest) -> dict[str, Any]:
+        """Runs side by side (run A first; tokens matched by text): every chart as a Vega-Lite spec, a line per
+        run in the line charts, the heatmaps and neighbour tables side by side; what the page draws when pinned."""
+        return chart_payload([run(item) for item in request.runs])
 
     return app
 

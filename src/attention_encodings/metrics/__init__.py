@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_REFERENCE",
     "REFERENCES",
     "ROW_FLOATS",
+    "SIMILARITY",
     "EmbeddingReference",
     "Lens",
     "Measures",

@@ -42,8 +42,18 @@ MEASURES_DATA = "measures"
 NEIGHBOURS_DATA = "neighbours"
 """Named dataset: the neighbour table's cells, see `neighbour_data`."""
 
-_IS_SELECTED = f"datum.token_index == {SELECTED}"
-_IS_HOVERED = f"datum.token_index == {HOVERED}"
+TOKEN_KEY = "token_index"
+"""The field that names a row's token for the `selected` and `hovered` parameters; a comparison's rows name run
+A's token in `key` instead (see views/compare.py)."""
+
+
+def is_token(param: str, key: str = TOKEN_KEY) -> str:
+    """The Vega expression: this row's token is the one parameter `param` names."""
+    return f"datum.{key} == {param}"
+
+
+_IS_SELECTED = is_token(SELECTED)
+_IS_HOVERED = is_token(HOVERED)
 
 
 def check_figure(measure: str) -> str:
@@ -207,10 +217,11 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     )
 
 
-def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
-    """Every token × every layer for one measure, as an overview; the selected token's row is outlined.
+def heatmap(result: Analysis, measure: str, key: str = TOKEN_KEY) -> alt.LayerChart:
+    """Every token × every layer for one measure, as an overview; the selected token's row (by `key`) is outlined.
     Reads the `measures` dataset."""
     info = MEASURES[measure]
+    selected, hovered = is_token(SELECTED, key), is_token(HOVERED, key)
     field = info.column
     colours = _scale(result, info, scheme="magma" if info.lower_is_closer else "viridis", reverse=info.lower_is_closer)
     base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
@@ -227,8 +238,8 @@ def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
         tooltip=_tooltip(info),
     )
     outline = base.mark_rect(fill=None, strokeWidth=2).encode(
-        stroke=alt.condition(_IS_SELECTED, alt.value(ACCENT), alt.value(HOVER)),
-        opacity=alt.condition(f"{_IS_SELECTED} || {_IS_HOVERED}", alt.value(1), alt.value(0)),
+        stroke=alt.condition(selected, alt.value(ACCENT), alt.value(HOVER)),
+        opacity=alt.condition(f"{selected} || {hovered}", alt.value(1), alt.value(0)),
     )
     rows = len(result.tokens)
     return alt.layer(
@@ -240,13 +251,13 @@ def heatmap(result: Analysis, measure: str) -> alt.LayerChart:
     )
 
 
-def neighbour_table(result: Analysis) -> alt.LayerChart:
-    """The selected token, layer by layer: its three measures, its n nearest vocabulary items with their
-    cosines (its own entry outlined), and its own rank when it falls outside the n. Reads the `neighbours`
+def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
+    """The selected token (by `key`), layer by layer: its three measures, its n nearest vocabulary items with
+    their cosines (its own entry outlined), and its own rank when it falls outside the n. Reads the `neighbours`
     dataset."""
     base = (
         alt.Chart(alt.NamedData(NEIGHBOURS_DATA))
-        .transform_filter(_IS_SELECTED)
+        .transform_filter(is_token(SELECTED, key))
         .encode(
             x=alt.X("layer:O", title="layer", axis=alt.Axis(orient="top", labelAngle=0, domain=False, ticks=False)),
             y=alt.Y("row:N", sort=alt.SortField("order"), title=None, axis=alt.Axis(domain=False, ticks=False)),

@@ -1,7 +1,12 @@
 // The page: a form that asks the server for an analysis's charts, token chips, and downloads.
 // The charts are Vega-Lite specs built by the server (views/charts.py); selecting or hovering a token only
 // sets the `selected` and `hovered` Vega parameters in every chart, so it never asks the server again.
-// The whole view (text, settings, selected token) lives in the URL's fragment, so the address can be shared.
+// Shift+click pairs a second token: the pair's similarity against the layer and a token × token heatmap whose
+// layer is a slider (a Vega parameter), read from the similarity the page asks for once, on the first pairing.
+// "Pin" keeps the current analysis as run A; a changed model, tap, reference or text then draws as run B beside
+// it (POST /api/compare: a line per run, heatmaps side by side; tokens are run A's, matched by text).
+// The whole view (text, settings, selected and paired tokens, the pinned run) lives in the URL's fragment, so the
+// address can be shared.
 // (The fragment, not the query: Vega's SVG legends refer to their gradients by the page's address without
 // its fragment, so changing the query would break them.)
 
@@ -10,12 +15,18 @@ const SETTINGS = ["model", "tap", "reference", "top_k", "neighbours"];
 const NUMBERS = new Set(["top_k", "neighbours"]);
 const VEGA_LOG_ERRORS = 1;  // vega.Error: warnings such as an empty hover layer's extent are noise here
 
+const PINNED = "a.";  // the URL keys of the pinned run A: a.text, a.model, a.tap, …
+const CANVAS = new Set(["similarity"]);  // T × T cells draw faster on a canvas than as SVG elements
+
 const page = {
   server: null,      // GET /api/models
-  result: null,      // the last POST /api/charts answer
-  request: null,     // the body that produced it
+  result: null,      // the last POST /api/charts (or /api/compare) answer
+  request: null,     // the body that produced it (run B's when comparing)
   views: {},         // chart name -> Vega view
+  params: {},        // chart name -> the names of its Vega parameters
   selected: null,
+  paired: -1,        // the token paired with the selected one, -1 for none
+  pinned: null,      // run A's request, or null
   hovered: -1,
   generation: 0,     // answers to older requests are ignored
 };
@@ -52,6 +63,12 @@ function fillControls(server) {
   $("#reference").value = server.defaults.reference;
 }
 
+function readNumber(query, key) {
+  const value = Number.parseInt(query.get(key), 10);
+  return Number.isInteger(value) ? value : null;
+}
+
+// Sets the form, the pair and the pinned run from the URL; returns the token to select.
 function readURL() {
   const query = new URLSearchParams(location.hash.slice(1));
   if (query.has("text")) $("#text").value = query.get("text");
@@ -62,8 +79,17 @@ function readURL() {
       select.value = value;
     }
   }
-  const token = Number.parseInt(query.get("token"), 10);
-  return Number.isInteger(token) ? token : null;
+  page.paired = readNumber(query, "pair") ?? -1;
+  page.pinned = null;
+  if (query.has(`${PINNED}text`)) {
+    const pinned = { ...formRequest(), text: query.get(`${PINNED}text`) };
+    for (const name of SETTINGS) {
+      const value = query.get(`${PINNED}${name}`);
+      if (value !== null) pinned[name] = NUMBERS.has(name) ? Number(value) : value;
+    }
+    page.pinned = runOf(pinned);
+  }
+  return readNumber(query, "token");
 }
 
 function writeURL() {
@@ -71,7 +97,23 @@ function writeURL() {
   query.set("text", $("#text").value);
   for (const name of SETTINGS) query.set(name, $(`#${name}`).value);
   if (page.selected !== null) query.set("token", page.selected);
+  if (page.paired >= 0) query.set("pair", page.paired);
+  if (page.pinned) {
+    query.set(`${PINNED}text`, page.pinned.text);
+    for (const name of SETTINGS) query.set(`${PINNED}${name}`, page.pinned[name]);
+  }
   history.replaceState(null, "", `#${query}`);
+}
+
+// A run: the text and the settings, without what only adds data (the similarity).
+function runOf(request) {
+  const run = { text: request.text };
+  for (const name of SETTINGS) run[name] = request[name];
+  return run;
+}
+
+function sameRun(a, b) {
+  return JSON.stringify(runOf(a)) === JSON.stringify(runOf(b));
 }
 
 function formRequest() {
@@ -80,6 +122,7 @@ function formRequest() {
     const value = $(`#${name}`).value;
     body[name] = NUMBERS.has(name) ? Number(value) : value;
   }
+  body.similarity = page.paired >= 0;
   return body;
 }
 
@@ -100,7 +143,11 @@ async function analyse(wanted = null) {
   setBusy(true);
   showError("");
   try {
-    const result = await (await call("/api/charts", request)).json();
+    const comparing = page.pinned !== null && !sameRun(page.pinned, request);
+    const answer = comparing
+      ? await call("/api/compare", { runs: [{ ...page.pinned, similarity: request.similarity }, request] })
+      : await call("/api/charts", request);
+    const result = await answer.json();
     if (generation !== page.generation) return;
     page.result = result;
     page.request = request;
@@ -132,7 +179,7 @@ function drawChips(tokens) {
     chip.title = `token ${token.index}, id ${token.id}${token.special ? ", special" : ""}`;
     chip.innerHTML = `<small>${token.index}</small>`;
     chip.append(chipText(token));
-    chip.addEventListener("click", () => select(token.index));
+    chip.addEventListener("click", (event) => (event.shiftKey ? pair(token.index) : select(token.index)));
     chip.addEventListener("mouseenter", () => hover(token.index));
     chip.addEventListener("mouseleave", () => hover(-1));
     box.append(chip);
@@ -151,32 +198,70 @@ function layoutFigures(measures) {
   $("#maps").replaceChildren(...figures("_heatmap"));
 }
 
+// The pinned run and, when comparing, what sets the runs apart and which tokens did not match.
+function describeRuns(result) {
+  $("#pin").textContent = page.pinned ? "Unpin run A" : "Pin as run A";
+  $("#pin").setAttribute("aria-pressed", page.pinned !== null);
+  const line = $("#runs-line");
+  line.hidden = page.pinned === null;
+  if (result.runs.length > 1) {
+    line.textContent = `Comparing run A (${result.runs[0].label}) with run B (${result.runs[1].label}); chips are run A's tokens.`;
+  } else if (page.pinned) {
+    line.textContent = "Run A is pinned: change the model, tap, reference or text to draw run B beside it.";
+  }
+  $("#note").textContent = result.note ? `Note: ${result.note}.` : "";
+  $("#note").hidden = !result.note;
+}
+
+function showPairs() {
+  $("#pairs").hidden = !(page.paired >= 0 && page.result && page.result.charts.pair);
+}
+
 async function draw(result, wanted) {
   describeModel(result.model);
   drawChips(result.tokens);
   $("#result").hidden = false;
   for (const view of Object.values(page.views)) view.finalize();
   page.views = {};
+  page.params = {};
   layoutFigures(result.measures);
+  describeRuns(result);
   const indices = new Set(result.tokens.map((t) => t.index));
   page.selected = indices.has(wanted) ? wanted : result.selected;
+  if (!indices.has(page.paired) || page.paired === page.selected) page.paired = -1;
   page.hovered = -1;
-  await Promise.all([...document.querySelectorAll("figure.chart")].map(async (figure) => {
+  showPairs();
+  const figures = [...document.querySelectorAll("figure.chart")].filter((f) => f.dataset.chart in result.charts);
+  for (const figure of document.querySelectorAll("#pairs figure.chart")) figure.replaceChildren();
+  await Promise.all(figures.map(async (figure) => {
     const name = figure.dataset.chart;
     const spec = { ...result.charts[name], datasets: result.datasets };
     const holder = document.createElement("div");
     figure.replaceChildren(holder, chartDownloads(name));
-    const { view } = await vegaEmbed(holder, spec, { renderer: "svg", actions: false, logLevel: VEGA_LOG_ERRORS });
+    const renderer = CANVAS.has(name) ? "canvas" : "svg";
+    const { view } = await vegaEmbed(holder, spec, { renderer, actions: false, logLevel: VEGA_LOG_ERRORS });
     view.addEventListener("click", (event, item) => {
-      if (item && item.datum && Number.isInteger(item.datum.token_index)) select(item.datum.token_index);
+      const token = tokenOf(item);
+      if (token !== null) (event.shiftKey ? pair(token) : select(token));
     });
     view.addEventListener("mouseover", (event, item) => {
-      if (item && item.datum && Number.isInteger(item.datum.token_index)) hover(item.datum.token_index);
+      const token = tokenOf(item);
+      if (token !== null) hover(token);
     });
     view.addEventListener("mouseout", () => hover(-1));
     page.views[name] = view;
+    page.params[name] = new Set((spec.params || []).map((p) => p.name));
   }));
+  await setSignal("paired", page.paired);
   await select(page.selected);
+}
+
+// The token (of run A) a chart item stands for: compared rows name it in `key` (-1: no match in run A).
+function tokenOf(item) {
+  const datum = item && item.datum;
+  if (!datum) return null;
+  const token = "key" in datum ? datum.key : datum.token_index;
+  return Number.isInteger(token) && token >= 0 ? token : null;
 }
 
 function chartDownloads(name) {
@@ -196,18 +281,53 @@ function chartDownloads(name) {
 }
 
 async function setSignal(name, value) {
-  await Promise.all(Object.values(page.views).map((view) => view.signal(name, value).runAsync()));
+  const views = Object.entries(page.views).filter(([chart]) => page.params[chart].has(name));
+  await Promise.all(views.map(([, view]) => view.signal(name, value).runAsync()));
+}
+
+function markChips() {
+  for (const chip of document.querySelectorAll(".chip")) {
+    const index = Number(chip.dataset.index);
+    chip.classList.toggle("selected", index === page.selected);
+    chip.classList.toggle("paired", index === page.paired);
+    chip.setAttribute("aria-selected", index === page.selected);
+  }
 }
 
 async function select(index) {
   page.selected = index;
-  for (const chip of document.querySelectorAll(".chip")) {
-    const on = Number(chip.dataset.index) === index;
-    chip.classList.toggle("selected", on);
-    chip.setAttribute("aria-selected", on);
-  }
+  if (page.paired === index) page.paired = -1;
+  markChips();
+  showPairs();
   writeURL();
-  await setSignal("selected", index);
+  await Promise.all([setSignal("selected", index), setSignal("paired", page.paired)]);
+}
+
+// Shift+click: pair a second token with the selected one (again, or the selected one: unpair). The first pairing
+// asks the server for the similarity; every later one only sets the `paired` parameter.
+async function pair(index) {
+  page.paired = index === page.paired || index === page.selected ? -1 : index;
+  markChips();
+  writeURL();
+  if (page.paired >= 0 && !page.result.charts.pair) {
+    await analyse(page.selected);
+    return;
+  }
+  showPairs();
+  await setSignal("paired", page.paired);
+}
+
+// Pin the current analysis as run A, or unpin it (and draw the current run alone).
+async function togglePin() {
+  if (page.pinned) {
+    page.pinned = null;
+    writeURL();
+    await analyse(page.selected);
+    return;
+  }
+  page.pinned = runOf(page.request);
+  writeURL();
+  describeRuns(page.result);
 }
 
 async function hover(index) {
@@ -242,7 +362,9 @@ async function saveChart(name, format) {
 
 async function saveAnalysis(format) {
   try {
-    const response = await call(format === "csv" ? "/api/analyze/csv" : "/api/analyze", page.request);
+    // the CSV is one row per token and layer: it cannot carry the similarity, which the JSON does
+    const body = format === "csv" ? { ...page.request, similarity: false } : page.request;
+    const response = await call(format === "csv" ? "/api/analyze/csv" : "/api/analyze", body);
     saveBlob(await response.blob(), `${fileStem()}.${format}`);
   } catch (error) {
     showError(error.message);
@@ -266,6 +388,7 @@ async function start() {
   for (const button of document.querySelectorAll("[data-download]")) {
     button.addEventListener("click", () => saveAnalysis(button.dataset.download));
   }
+  $("#pin").addEventListener("click", togglePin);
   window.addEventListener("hashchange", () => analyse(readURL()));
   await analyse(wanted);
 }
