@@ -150,10 +150,10 @@ def test_bad_input_is_one_clear_error(tiny_roberta, kwargs, message):
 
 @pytest.mark.parametrize("family", ["roberta", "gpt2", "llama", "minilm"])
 def test_measuring_texts_together_equals_one_at_a_time(tiny_dirs, bundled, family):
-    """One padded batch gives each text the measures `analyze()` gives it alone: cosine to 1e-4, rank, overlap
-    and neighbours exactly."""
+    """One padded batch gives each text the measures `analyze()` gives it alone: cosine and similarity to 1e-4,
+    rank, overlap and neighbours exactly."""
     handle = bundled if family == "minilm" else load_model(str(tiny_dirs[family]))
-    settings = Settings(top_k=20, neighbours=5)
+    settings = Settings(top_k=20, neighbours=5, similarity=True)
     encodings = [encode(handle, text) for text in CORPUS]
     together = measure_texts(handle, settings, encodings)
     for item, text in enumerate(CORPUS):
@@ -163,3 +163,4 @@ def test_measuring_texts_together_equals_one_at_a_time(tiny_dirs, bundled, famil
         assert np.array_equal(together.values["rank"][:, tokens].numpy(), alone.rank.values)
         assert np.array_equal(together.values["overlap"][:, tokens].numpy(), alone.overlap.values)
         assert np.array_equal(together.neighbour_ids[:, tokens].numpy(), alone.neighbour_ids)
+        assert np.allclose(together.similarity[item].numpy(), alone.similarity.values, atol=1e-4, rtol=0)

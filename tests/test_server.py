@@ -82,6 +82,34 @@ def test_charts_carry_every_spec_and_its_data_once(client):
     assert len(payload["datasets"]) == 2  # the measures, shared by six charts, and the neighbour table
 
 
+def test_similarity_is_in_the_contract_and_adds_the_pair_charts(client, bundled):
+    data = client.post("/api/analyze", json={"text": SEED, "similarity": True}).json()
+    assert data == json.loads(analyze(SEED, bundled, similarity=True).to_json())
+    assert len(data["similarity"]) == 7 and len(data["similarity"][0]) == len(data["similarity"][0][0]) == 14
+    payload = client.post("/api/charts", json={"text": SEED, "similarity": True}).json()
+    assert {"pair", "similarity"} <= set(payload["charts"]) and len(payload["datasets"]["similarity"]) == 7 * 14
+    names = {p["name"] for p in payload["charts"]["similarity"]["params"]}
+    assert {"selected", "paired", "similarity_layer", "run_keys", "run_token_labels"} <= names
+    _one_line(client.post("/api/analyze/csv", json={"text": SEED, "similarity": True}), 422, "not the CSV")
+    _one_line(client.post("/api/analyze", json={"text": SEED, "similarity": "yes"}), 422, "similarity: Input should be a valid boolean")
+
+
+def test_compare_draws_runs_side_by_side(client, tiny_roberta):
+    runs = [{"text": SEED, "tap": "resid_mid"}, {"text": SEED, "tap": "resid_post", "similarity": True}]
+    payload = client.post("/api/compare", json={"runs": runs}).json()
+    assert [run["label"] for run in payload["runs"]] == ["resid_mid", "resid_post"] and payload["note"] is None
+    assert set(payload["charts"]) == {"cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"}
+    assert {row["run"] for row in payload["datasets"]["measures"]} == {0, 1}  # no pair: run A has no similarity
+    mixed = f"{SEED} Unbelievably, bananas fly."
+    models = [{"text": mixed}, {"text": mixed, "model": str(tiny_roberta)}]
+    payload = client.post("/api/compare", json={"runs": models}).json()
+    assert payload["model"]["id"] == str(tiny_roberta) and payload["tokens"][1]["text"] == "time"  # run A's tokens
+    assert "not in every run" in payload["note"] and "##bel" in payload["note"]
+    _one_line(client.post("/api/compare", json={"runs": runs[:1]}), 422, "runs: List should have at least 2 items")
+    _one_line(client.post("/api/compare", json={"runs": runs * 3}), 422, "runs: List should have at most 4 items")
+    _one_line(client.post("/api/compare", json={"runs": [runs[0], {"text": ""}]}), 422, "text is empty")
+
+
 def test_charts_for_the_longest_text_allowed(client):
     """Tens of thousands of table cells: past Altair's default 5,000-row guard, which named datasets avoid."""
     payload = client.post("/api/charts", json={"text": "Time flies like an arrow. " * 21}).json()

@@ -46,6 +46,11 @@ class Token:
     text: str
     special: bool
 
+    @property
+    def shown(self) -> str:
+        """The text as messages print it: trimmed, or quoted when that leaves nothing."""
+        return self.text.strip() or repr(self.text)
+
 
 @dataclass(frozen=True)
 class Neighbour:
@@ -122,7 +127,7 @@ def token_index(tokens: Sequence[Token], query: int | str, other_than: int | Non
     `InputError` listing the tokens."""
     found = token_matches(tokens, query)
     if not found:
-        listing = " ".join(f"{t.index}:{t.text.strip() or t.text!r}" for t in tokens)
+        listing = " ".join(f"{t.index}:{t.shown}" for t in tokens)
         raise InputError(f"no token matches {query!r}; tokens are {listing}")
     return next((index for index in found if index != other_than), found[0])
 

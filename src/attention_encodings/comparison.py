@@ -20,7 +20,7 @@ from .settings import MAX_RUNS, Settings
 _IGNORED = {"model", "similarity"}
 """Settings that never set runs apart in a label: the model is named by its label, and the similarity changes
 no measure."""
-_TEXT_CHARS = 24
+_TEXT_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Comparison:
         unmatched = self.unmatched()
         if not unmatched:
             return None
-        listed = "; ".join(f"{label}: " + ", ".join(f"{t.index} {t.text.strip() or t.text!r}" for t in tokens) for label, tokens in unmatched)
+        listed = "; ".join(f"{label}: " + ", ".join(f"{t.index} {t.shown}" for t in tokens) for label, tokens in unmatched)
         return f"tokens are matched by text; not in every run: {listed}"
 
 

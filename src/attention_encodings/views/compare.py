@@ -110,7 +110,7 @@ def _run_encoding(comparison: Comparison) -> dict[str, Any]:
     """A colour and a dash per run, one legend that names what differs; one run needs neither."""
     if len(comparison.runs) == 1:
         return {}
-    legend = alt.Legend(title=comparison.differs, orient="bottom", labelLimit=320, symbolStrokeWidth=2.5)
+    legend = alt.Legend(title=comparison.differs, orient="bottom", labelLimit=320, symbolType="stroke", symbolStrokeWidth=2.5)
     return {
         "color": alt.Color("run_label:N", scale=_run_scale(comparison, "color"), legend=legend),
         "strokeDash": alt.StrokeDash("run_label:N", scale=_run_scale(comparison, "strokeDash"), legend=legend),
@@ -220,12 +220,12 @@ def similarity_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChar
     axis = {
         "labelExpr": f"{names}[datum.value]",
         "labelFontSize": 10 if cell >= 10 else 8,
-        "labelOverlap": True,
+        "labelOverlap": cell < 10,
         "ticks": False,
         "domain": False,
     }
     base = alt.Chart().encode(
-        x=alt.X("other:O", title=None, axis=alt.Axis(labelAngle=-60, **axis)),
+        x=alt.X("other:O", title=None, axis=alt.Axis(labelAngle=-90, **axis)),
         y=alt.Y("token_index:O", title=None, axis=alt.Axis(**axis)),
     )
     lowest = min(float(r.similarity.values.min()) for r in comparison.runs if r.similarity is not None)
@@ -255,9 +255,9 @@ def similarity_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChar
     return chart.transform_filter(f"datum.run == {number} && datum.layer == {LAYER}")
 
 
-def pair_params(comparison: Comparison, paired: int = -1, slider: bool = True) -> list[alt.Parameter]:
+def pair_params(comparison: Comparison, paired: int = -1, slider: bool = True, layer: int | None = None) -> list[alt.Parameter]:
     """The `paired` token (-1: none), every run's token keys and labels and, with `slider`, the similarity
-    heatmap's layer (the last at first)."""
+    heatmap's layer (`layer`, by default the last)."""
     labels = [[token_label(t.index, t.text) for t in run.tokens] for run in comparison.runs]
     params = [
         alt.param(name=PAIRED, value=paired),
@@ -267,7 +267,7 @@ def pair_params(comparison: Comparison, paired: int = -1, slider: bool = True) -
     if slider:
         last = len(_longest(comparison).layers) - 1
         bind = alt.binding_range(min=0, max=last, step=1, name="similarity at layer ")
-        params.append(alt.param(name=LAYER, value=last, bind=bind))
+        params.append(alt.param(name=LAYER, value=last if layer is None else layer, bind=bind))
     return params
 
 
@@ -292,15 +292,16 @@ def pair_charts(comparison: Comparison, paired: int = -1, token: int | str | Non
 
 def pair_figure(comparison: Comparison, first: int | str, second: int | str) -> alt.TopLevelMixin:
     """Two tokens of run A (indices or texts; the same text twice means its first two occurrences): their
-    similarity against the layer, a line per run, beside every run's token × token heatmap at the last layer
-    (a slider moves it in HTML)."""
+    similarity against the layer, a line per run, beside every run's token × token heatmap at the layer where
+    run A's pair is least alike (a slider moves it in HTML)."""
     run = comparison.runs[0]
     p = run.token_index(first)
     q = token_index(run.tokens, second, other_than=p)
+    apart = int(np.argmin(run.pair(p, q).values))
     chart = alt.hconcat(pair_chart(comparison), _similarity_maps(comparison), spacing=40).resolve_scale(
         color="independent", strokeDash="independent"
     )
-    chart = _finish(chart, run, p).add_params(*pair_params(comparison, q))
+    chart = _finish(chart, run, p).add_params(*pair_params(comparison, q, layer=apart))
     return _attach(chart, {SIMILARITY_DATA: similarity_rows(comparison)})
 
 
