@@ -149,6 +149,8 @@ class Similarity:
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (layer, token, other token), with both tokens' indices and texts."""
+        import pandas as pd
+
         layers, rows, columns = self.values.shape
         layer, row, column = np.meshgrid(np.arange(layers), np.arange(rows), np.arange(columns), indexing="ij")
         row, column = row.reshape(-1), column.reshape(-1)
