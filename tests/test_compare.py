@@ -31,7 +31,10 @@ def _plain_similarity(states) -> np.ndarray:
     """cos(x_l[p], x_l[q]) for every layer and pair of tokens, one at a time."""
     layers, tokens, _ = states.shape
     return np.array(
-        [[[float(F.cosine_similarity(states[l, p], states[l, q], dim=0)) for q in range(tokens)] for p in range(tokens)] for l in range(layers)]
+        [
+            [[float(F.cosine_similarity(states[layer, p], states[layer, q], dim=0)) for q in range(tokens)] for p in range(tokens)]
+            for layer in range(layers)
+        ]
     )
 
 
@@ -111,7 +114,7 @@ def test_tokens_are_matched_by_text_across_tokenisers(bundled, tiny_roberta):
     assert "U" in [t.text for t in unmatched[comparison.labels[1]]]
     note = comparison.note()
     assert note.startswith("tokens are matched by text; not in every run: all-MiniLM-L6-v2 (bundled): 13 un, 14 ##bel")
-    specs, data = page_specs(comparison)
+    _, data = page_specs(comparison)
     keyed = [row for row in data["measures"] if row["run"] == 1 and row["layer"] == 0]
     assert [row["key"] for row in keyed] == keys.tolist()
 

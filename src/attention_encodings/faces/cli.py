@@ -198,7 +198,8 @@ def with_settings(
                 help_text += f" Repeat it to compare runs (at most {MAX_RUNS} in all)."
                 kind, default, details = Optional[list[str]], None, {"metavar": "<str>"}  # repeatable settings are strings
             flag = typer.Option(f"--{item.name.replace('_', '-')}", *option.flags, help=help_text, **details)
-            added.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, flag]))
+            annotation = Annotated[kind, flag]
+            added.append(inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
 
         @functools.wraps(command)
         def run(**given: Any) -> Any:
@@ -292,7 +293,9 @@ def plot_command(
     ] = None,
     measure: Annotated[
         Optional[str],
-        typer.Option(help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (the default: every chart and the neighbour table)."),
+        typer.Option(
+            help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (the default: every chart and the neighbour table)."
+        ),
     ] = None,
     pair: Annotated[
         Optional[str],

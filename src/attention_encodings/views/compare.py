@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import altair as alt
@@ -18,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis, token_index
-from ..comparison import Comparison
 from ..catalog import MEASURES, SIMILARITY
+from ..comparison import Comparison
+from ..errors import InputError
 from .charts import (
     ACCENT,
     HOVER,
+    LABELS,
     LINE_SIZE,
     MEASURES_DATA,
     NEIGHBOURS_DATA,
@@ -83,7 +86,7 @@ def similarity_rows(comparison: Comparison) -> list[dict[str, Any]]:
     rows = []
     for number, (run, label) in enumerate(zip(comparison.runs, comparison.labels)):
         if run.similarity is None:
-            raise ValueError("every run needs its similarity")
+            raise InputError(f"run {number + 1} ({label}) has no token-to-token similarity; analyse with similarity=True")
         values = np.round(run.similarity.values.astype(np.float64), SIMILARITY_DECIMALS).tolist()
         rows += [
             {"run": number, "run_label": label, "layer": layer, "token_index": token.index, "values": values[layer][row]}
@@ -165,9 +168,9 @@ def comparison_charts(comparison: Comparison) -> dict[str, alt.TopLevelMixin]:
     a line per run, a heatmap per measure with the runs side by side, and the runs' neighbour tables."""
     built: dict[str, alt.TopLevelMixin] = {measure: overlay_chart(comparison, measure) for measure in _measures(comparison)}
     for measure in _measures(comparison):
-        maps = _side_by_side(comparison, lambda run: heatmap(run, measure, key=KEY), f"{measure}, every token × layer")
+        maps = _side_by_side(comparison, partial(heatmap, measure=measure, key=KEY), f"{measure}, every token × layer")
         built[f"{measure}_heatmap"] = maps.resolve_scale(color="shared")
-    built["neighbours"] = _side_by_side(comparison, lambda run: neighbour_table(run, key=KEY), "nearest vocabulary items")
+    built["neighbours"] = _side_by_side(comparison, partial(neighbour_table, key=KEY), "nearest vocabulary items")
     return built
 
 
@@ -200,14 +203,20 @@ def pair_chart(comparison: Comparison) -> alt.LayerChart:
         x=_x(_longest(comparison), SIMILARITY, cells=False),
         y=alt.Y("similarity:Q", title=SIMILARITY.unit, scale=alt.Scale(zero=False), axis=alt.Axis(format=SIMILARITY.format)),
         detail="run:N",
-        tooltip=[alt.Tooltip("run_label:N", title=comparison.differs), alt.Tooltip("layer:O"), alt.Tooltip("similarity:Q", format=SIMILARITY.format)],
+        tooltip=[
+            alt.Tooltip("run_label:N", title=comparison.differs),
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("similarity:Q", format=SIMILARITY.format),
+        ],
         **_run_encoding(comparison),
     )
     colour = {} if len(comparison.runs) > 1 else {"color": ACCENT}
-    lines = [base.mark_line(strokeWidth=2.5, **colour), base.mark_point(filled=True, size=30, **colour).encode(strokeDash=alt.value([1, 0]))]
-    labels = "token_labels"
-    second = f"({PAIRED} >= 0 ? {labels}[{PAIRED}] : 'shift+click a second token')"
-    title = alt.Title(alt.expr(f"[{SIMILARITY.title!r}, {labels}[{SELECTED}] + ' and ' + {second}]"), anchor="start")
+    lines = [
+        base.mark_line(strokeWidth=2.5, **colour),
+        base.mark_point(filled=True, size=30, **colour).encode(strokeDash=alt.value([1, 0])),
+    ]
+    second = f"({PAIRED} >= 0 ? {LABELS}[{PAIRED}] : 'shift+click a second token')"
+    title = alt.Title(alt.expr(f"[{SIMILARITY.title!r}, {LABELS}[{SELECTED}] + ' and ' + {second}]"), anchor="start")
     return alt.layer(*lines, title=title, **LINE_SIZE)
 
 
@@ -272,22 +281,18 @@ def pair_params(comparison: Comparison, paired: int = -1, slider: bool = True, l
 
 
 def _similarity_maps(comparison: Comparison) -> alt.HConcatChart:
-    return alt.hconcat(*(similarity_heatmap(comparison, n) for n in range(len(comparison.runs))), spacing=40).resolve_scale(
-        color="shared"
-    )
+    """Every run's similarity heatmap, side by side on one colour scale."""
+    maps = alt.hconcat(*(similarity_heatmap(comparison, n) for n in range(len(comparison.runs))), spacing=40)
+    return maps.resolve_scale(color="shared")
 
 
 def pair_charts(comparison: Comparison, paired: int = -1, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
     """The page's pair charts: `pair` (the pair's similarity against the layer) and `similarity` (every run's
     token × token heatmap, with the layer slider), naming their data."""
     first = comparison.runs[0]
-    maps = similarity_heatmap(comparison) if len(comparison.runs) == 1 else _similarity_maps(comparison)
-    return {
-        "pair": _finish(pair_chart(comparison), first, token).add_params(*pair_params(comparison, paired, slider=False)).properties(
-            autosize=RESIZE
-        ),
-        "similarity": _finish(maps, first, token).add_params(*pair_params(comparison, paired)).properties(autosize=RESIZE),
-    }
+    pair = _finish(pair_chart(comparison), first, token).add_params(*pair_params(comparison, paired, slider=False))
+    maps = _finish(_similarity_maps(comparison), first, token).add_params(*pair_params(comparison, paired))
+    return {"pair": pair.properties(autosize=RESIZE), "similarity": maps.properties(autosize=RESIZE)}
 
 
 def pair_figure(comparison: Comparison, first: int | str, second: int | str) -> alt.TopLevelMixin:
