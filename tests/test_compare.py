@@ -103,7 +103,7 @@ def test_runs_are_labelled_by_what_differs(seed_similarity, bundled):
 
 
 def test_tokens_are_matched_by_text_across_tokenisers(bundled, tiny_roberta):
-    minilm, tiny = analyze(MIXED, bundled), analyze(MIXED, str(tiny_roberta))
+    minilm, tiny = analyze(MIXED, bundled, similarity=True), analyze(MIXED, str(tiny_roberta), similarity=True)
     comparison = compare([minilm, tiny])
     assert comparison.differs == "model" and comparison.labels[0] == "all-MiniLM-L6-v2 (bundled)"
     keys = comparison.keys[1]
@@ -114,9 +114,13 @@ def test_tokens_are_matched_by_text_across_tokenisers(bundled, tiny_roberta):
     assert "U" in [t.text for t in unmatched[comparison.labels[1]]]
     note = comparison.note()
     assert note.startswith("tokens are matched by text; not in every run: all-MiniLM-L6-v2 (bundled): 13 un, 14 ##bel")
-    _, data = page_specs(comparison)
+    specs, data = page_specs(comparison)
     keyed = [row for row in data["measures"] if row["run"] == 1 and row["layer"] == 0]
     assert [row["key"] for row in keyed] == keys.tolist()
+    params = {p["name"]: p.get("value") for p in specs["similarity"]["params"]}
+    assert params["run_keys"][1] == keys.tolist() and params["similarity_layer"] == 6
+    shallow = specs["similarity"]["hconcat"][1]["transform"][0]["filter"]
+    assert shallow == "datum.run == 1 && datum.layer == min(similarity_layer, 3)"  # the 3-layer run shows its last
 
 
 def test_overlay_and_pair_specs(seed_similarity, bundled):

@@ -84,7 +84,9 @@ class CompareRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runs: list[AnalyzeRequest] = Field(min_length=2, max_length=MAX_RUNS)  # type: ignore[valid-type]
+    runs: list[AnalyzeRequest] = Field(  # type: ignore[valid-type]
+        min_length=2, max_length=MAX_RUNS, description=f"2 to {MAX_RUNS} analysis requests; tokens are matched to run A's by text."
+    )
 
 
 class ServedModel(BaseModel):

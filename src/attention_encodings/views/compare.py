@@ -223,7 +223,9 @@ def pair_chart(comparison: Comparison) -> alt.LayerChart:
 def similarity_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChart:
     """Every token × every token of one run at the slider's layer, the pair's two cells outlined. Reads
     `similarity`; one heatmap costs T² cells, drawn from the T rows of its layer only."""
-    size = len(comparison.runs[number].tokens)
+    run = comparison.runs[number]
+    size = len(run.tokens)
+    layer = f"min({LAYER}, {len(run.layers) - 1})"  # a shallower run shows its last layer past its depth
     keys, names = f"{RUN_KEYS}[{number}]", f"{RUN_LABELS}[{number}]"
     cell = max(3, min(16, 480 // size))
     axis = {
@@ -259,9 +261,9 @@ def similarity_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChar
     )
     outline = pair.mark_rect(fill=None, stroke=ACCENT, strokeWidth=2)
     prefix = f"{comparison.labels[number]}: " if len(comparison.runs) > 1 else ""
-    title = alt.Title(alt.expr(f"{prefix + 'similarity of every token pair at layer '!r} + {LAYER}"), anchor="start")
+    title = alt.Title(alt.expr(f"{prefix + 'similarity of every token pair at layer '!r} + {layer}"), anchor="start")
     chart = alt.layer(cells, outline, data=alt.NamedData(SIMILARITY_DATA), title=title, width=cell * size, height=cell * size)
-    return chart.transform_filter(f"datum.run == {number} && datum.layer == {LAYER}")
+    return chart.transform_filter(f"datum.run == {number} && datum.layer == {layer}")
 
 
 def pair_params(comparison: Comparison, paired: int = -1, slider: bool = True, layer: int | None = None) -> list[alt.Parameter]:
