@@ -98,6 +98,9 @@ def test_runs_are_labelled_by_what_differs(seed_similarity, bundled):
     text = compare([post, analyze("Fruit flies like a banana.", bundled, tap="resid_post")])
     assert text.differs == "text" and text.labels[1] == "“Fruit flies like a banana.”"
     assert text.keys[1].tolist() == [0, 7, 8, 9, 10, 11, 12, 13]  # matched to the second sentence of run A
+    long = "Time flies like an arrow. Fruit flies like a banana. "
+    alike = compare([analyze(long + "Yes.", bundled, top_k=5), analyze(long + "No.", bundled, top_k=5)])
+    assert alike.labels == ("“Time flies like an arrow. Fruit…” (run 1)", "“Time flies like an arrow. Fruit…” (run 2)")
     with pytest.raises(InputError, match="1 to 4 runs"):
         compare([post] * 5)
 

@@ -77,7 +77,7 @@ def match_tokens(first: Sequence[Token], other: Sequence[Token]) -> np.ndarray:
 
 def _text(run: Analysis) -> str:
     words = " ".join(run.text.split())
-    return f"“{words[:_TEXT_CHARS]}…”" if len(words) > _TEXT_CHARS else f"“{words}”"
+    return f"“{words[:_TEXT_CHARS].rstrip()}…”" if len(words) > _TEXT_CHARS else f"“{words}”"
 
 
 def _setting(settings: Settings, name: str, choices: bool) -> str:
@@ -89,20 +89,24 @@ def _setting(settings: Settings, name: str, choices: bool) -> str:
 
 def run_labels(runs: Sequence[Analysis]) -> tuple[tuple[str, ...], str]:
     """Each run's label, naming only what differs between the runs (model, text, then settings in field
-    order), and what those are; runs that differ in nothing are numbered."""
-    columns: list[tuple[str, list[str]]] = [
-        ("model", [run.model_label for run in runs]),
-        ("text", [_text(run) for run in runs]),
+    order), and what those are; runs that differ in nothing are numbered, and so are labels that come out alike
+    (two texts that differ only past what a label shows)."""
+    columns: list[tuple[str, list[object], list[str]]] = [
+        ("model", [run.model_label for run in runs], [run.model_label for run in runs]),
+        ("text", [run.text for run in runs], [_text(run) for run in runs]),
     ]
     for item in fields(Settings):
         if item.name not in _IGNORED:
             choices = bool(item.metadata["option"].choices)
-            columns.append((item.name, [_setting(run.settings, item.name, choices) for run in runs]))
-    differing = [(name, values) for name, values in columns if len(set(values)) > 1]
+            values = [getattr(run.settings, item.name) for run in runs]
+            columns.append((item.name, values, [_setting(run.settings, item.name, choices) for run in runs]))
+    differing = [(name, shown) for name, values, shown in columns if len(set(values)) > 1]
     if not differing:
         return tuple(f"run {number}" for number in range(1, len(runs) + 1)), "run"
-    labels = tuple(" · ".join(values[i] for _, values in differing) for i in range(len(runs)))
-    return labels, " · ".join(name for name, _ in differing)
+    labels = [" · ".join(shown[i] for _, shown in differing) for i in range(len(runs))]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} (run {number})" for number, label in enumerate(labels, start=1)]
+    return tuple(labels), " · ".join(name for name, _ in differing)
 
 
 def compare(runs: Sequence[Analysis]) -> Comparison:
