@@ -175,17 +175,19 @@ class LiveServer:
 
     url: str
     models: tuple[str, ...]
+    stats: tuple[str, ...] = ()
 
 
 @contextmanager
-def live_server(models: list[str]) -> Iterator[LiveServer]:
-    """Serve `create_app(models)` on 127.0.0.1 until the block ends."""
+def live_server(models: list[str], stats: tuple[str, ...] = ()) -> Iterator[LiveServer]:
+    """Serve `create_app(models, stats=stats)` on 127.0.0.1 until the block ends."""
     import uvicorn
 
     from attention_encodings.faces.server import create_app, listen
 
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(models), log_level="warning", lifespan="off"))
+    app = create_app(models, stats=stats)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -193,7 +195,7 @@ def live_server(models: list[str]) -> Iterator[LiveServer]:
         assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.05)
     try:
-        yield LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", tuple(models))
+        yield LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", tuple(models), tuple(stats))
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -201,7 +203,20 @@ def live_server(models: list[str]) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_roberta: Path) -> Iterator[LiveServer]:
-    """One live server for the session, allowed the bundled model (its default) and the tiny RoBERTa."""
-    with live_server(["bundled", str(tiny_roberta)]) as running:
+def bundled_stats(bundled, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stats.npz of the bundled model at resid_mid, computed the plain way over the test corpus."""
+    import numpy as np
+    from plain import plain_stats
+
+    mean, std, count = plain_stats(bundled, CORPUS, "resid_mid")
+    path = tmp_path_factory.mktemp("stats") / "stats.npz"
+    np.savez(path, mean=mean.astype(np.float32), std=std.astype(np.float32), count=np.array(count))
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tiny_roberta: Path, bundled_stats: Path) -> Iterator[LiveServer]:
+    """One live server for the session, allowed the bundled model (its default) and the tiny RoBERTa, and
+    statistics of the bundled model to normalise with."""
+    with live_server(["bundled", str(tiny_roberta)], stats=(str(bundled_stats),)) as running:
         yield running

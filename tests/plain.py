@@ -1,7 +1,8 @@
 """The measures computed the plain way, straight from their definitions, to check the fast path against.
 
-Loops over tokens and layers, builds each slot's reference matrix explicitly, sorts the full vocabulary:
-slow and obvious on purpose.
+Loops over tokens and layers, builds each slot's reference matrix explicitly, sorts the full vocabulary, takes
+the vocabulary's mean and spread in float64, and loops over every pair of tokens for the anisotropy: slow and
+obvious on purpose. Normalisation is applied to the vectors and to the materialised reference rows as defined.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_encodings.models import LoadedModel
-from attention_encodings.trace import Encoding
+from attention_encodings.trace import Encoding, encode, trace
 
 TIE = 1e-5
 """Two cosines closer than this are treated as a tie (float noise), where orderings may differ."""
@@ -52,20 +53,61 @@ class Plain:
     neighbours: list[list[list[int]]]
     scores: list[list[torch.Tensor]]
     """scores[l][p]: the full (V,) cosine vector, kept to judge ties."""
+    vocab_mean: list[list[float]]
+    vocab_std: list[list[float]]
+    zscore: list[list[float]]
+    anisotropy: list[float | None]
+
+
+def plain_stats(handle: LoadedModel, texts: list[str], tap: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-layer mean and population std (N+1, d) of the tapped vectors of the texts' non-special tokens, in
+    float64, one text and one token at a time; and how many tokens that is."""
+    special = set(handle.tokenizer.all_special_ids)
+    vectors: list[torch.Tensor] = []
+    for text in texts:
+        encoding = encode(handle, text)
+        states = trace(handle, encoding, taps=(tap,)).states(tap)
+        for p, token_id in enumerate(encoding.input_ids.tolist()):
+            if token_id not in special:
+                vectors.append(states[:, p].double())
+    stacked = torch.stack(vectors, dim=1)  # (N+1, tokens, d)
+    mean = stacked.mean(dim=1)
+    std = ((stacked - mean[:, None]) ** 2).mean(dim=1).sqrt()
+    return mean.numpy(), std.numpy(), len(vectors)
 
 
 def plain_measures(
-    handle: LoadedModel, encoding: Encoding, states: torch.Tensor, reference: str, top_k: int, n: int
+    handle: LoadedModel,
+    encoding: Encoding,
+    states: torch.Tensor,
+    reference: str,
+    top_k: int,
+    n: int,
+    normalize: str = "none",
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
 ) -> Plain:
+    """Every measure of `states` (N+1, T, d) by its definition; with `normalize` (center, standardize), the
+    states become (x − mean[l]) / std[l] and every reference row (R − mean[0]) / std[0] first."""
+    states = states.float()
+    shift = torch.zeros(states.shape[0], states.shape[-1]) if mean is None else torch.tensor(mean, dtype=torch.float32)
+    scale = torch.ones_like(shift) if normalize != "standardize" else torch.tensor(std, dtype=torch.float32)
+    if normalize != "none":
+        states = (states - shift[:, None]) / scale[:, None]
     layers, tokens, _ = states.shape
     ids = encoding.input_ids.tolist()
     cosine = [[0.0] * tokens for _ in range(layers)]
     rank = [[0] * tokens for _ in range(layers)]
+    vocab_mean = [[0.0] * tokens for _ in range(layers)]
+    vocab_std = [[0.0] * tokens for _ in range(layers)]
+    zscore = [[0.0] * tokens for _ in range(layers)]
     tops: list[list[set[int]]] = [[set() for _ in range(tokens)] for _ in range(layers)]
     neighbours: list[list[list[int]]] = [[[] for _ in range(tokens)] for _ in range(layers)]
     scores: list[list[torch.Tensor]] = [[torch.empty(0)] * tokens for _ in range(layers)]
     for p in range(tokens):
-        rows = reference_rows(handle, encoding, p, reference)
+        rows = reference_rows(handle, encoding, p, reference).float()
+        if normalize != "none":
+            rows = (rows - shift[0]) / scale[0]
         for layer in range(layers):
             cos = F.cosine_similarity(states[layer, p][None, :], rows, dim=-1)
             own = cos[ids[p]]
@@ -75,8 +117,23 @@ def plain_measures(
             tops[layer][p] = set(order[:top_k].tolist())
             neighbours[layer][p] = order[:n].tolist()
             scores[layer][p] = cos
+            exact = cos.double()
+            vocab_mean[layer][p] = float(exact.mean())
+            vocab_std[layer][p] = float(((exact - exact.mean()) ** 2).mean().sqrt())
+            zscore[layer][p] = (float(own) - vocab_mean[layer][p]) / vocab_std[layer][p]
     overlap = [[len(tops[layer][p] & tops[layer + 1][p]) for p in range(tokens)] for layer in range(layers - 1)]
-    return Plain(cosine, rank, overlap, neighbours, scores)
+    special = set(handle.tokenizer.all_special_ids)
+    ordinary = [p for p in range(tokens) if ids[p] not in special]
+    anisotropy: list[float | None] = []
+    for layer in range(layers):
+        pairs = [
+            float(F.cosine_similarity(states[layer, p], states[layer, q], dim=0))
+            for p in ordinary
+            for q in ordinary
+            if p != q
+        ]
+        anisotropy.append(sum(pairs) / len(pairs) if pairs else None)
+    return Plain(cosine, rank, overlap, neighbours, scores, vocab_mean, vocab_std, zscore, anisotropy)
 
 
 def ties_near(scores: torch.Tensor, value: float) -> int:
@@ -95,6 +152,12 @@ def assert_matches_plain(data: dict, plain: Plain, top_k: int) -> None:
     computation: cosine to 1e-5; rank, overlap and neighbours exactly, except where cosines tie within noise."""
     layers, tokens = len(plain.cosine), len(plain.cosine[0])
     assert np.allclose(np.array(data["cosine"]), np.array(plain.cosine), atol=TIE, rtol=0)
+    assert np.allclose(np.array(data["vocab_mean"]), np.array(plain.vocab_mean), atol=TIE, rtol=0)
+    assert np.allclose(np.array(data["vocab_std"]), np.array(plain.vocab_std), atol=TIE, rtol=1e-4)
+    assert np.allclose(np.array(data["zscore"]), np.array(plain.zscore), atol=1e-3, rtol=1e-4)
+    anisotropy = data["anisotropy"]
+    assert [value is None for value in anisotropy] == [value is None for value in plain.anisotropy]
+    assert np.allclose([v for v in anisotropy if v is not None], [v for v in plain.anisotropy if v is not None], atol=1e-5)
     for layer in range(layers):
         for p in range(tokens):
             scores = plain.scores[layer][p]

@@ -13,7 +13,10 @@ from attention_encodings import InputError, Settings, analyze, analyze_with, loa
 from attention_encodings.analysis import measure_texts
 from attention_encodings.trace import encode
 
-CONTRACT_KEYS = {"model", "tap", "reference", "top_k", "tokens", "layers", "cosine", "rank", "overlap", "neighbours"}
+CONTRACT_KEYS = {
+    "model", "tap", "reference", "top_k", "normalize", "stats", "tokens", "layers", "cosine", "rank", "overlap",
+    "vocab_mean", "vocab_std", "zscore", "anisotropy", "neighbours",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,10 @@ def test_neighbours_are_nearest_first_with_text(seed_result):
 def test_to_frame_is_tidy(seed_result):
     frame = seed_result.to_frame()
     layers, tokens = seed_result.cosine.values.shape
-    assert list(frame.columns) == ["token_index", "token_id", "token", "special", "layer", "cosine", "rank", "overlap_next"]
+    assert list(frame.columns) == [
+        "token_index", "token_id", "token", "special", "layer",
+        "cosine", "rank", "overlap_next", "vocab_mean", "vocab_std", "zscore", "anisotropy",
+    ]
     assert len(frame) == layers * tokens
     row = frame[(frame.layer == 3) & (frame.token_index == 2)].iloc[0]
     assert row.token == "flies"
@@ -78,6 +84,9 @@ def test_json_follows_the_contract(seed_result):
     assert np.array(data["cosine"]).shape == (layers, tokens)
     assert np.array(data["rank"]).shape == (layers, tokens)
     assert np.array(data["overlap"]).shape == (layers - 1, tokens)
+    for name in ("vocab_mean", "vocab_std", "zscore"):
+        assert np.array(data[name]).shape == (layers, tokens)
+    assert len(data["anisotropy"]) == layers and (data["normalize"], data["stats"]) == ("none", None)
     assert len(data["neighbours"]) == layers and len(data["neighbours"][0]) == tokens
     assert set(data["neighbours"][1][2][0]) == {"id", "text", "cosine"}
     assert data["cosine"][4][2] == pytest.approx(float(seed_result.cosine.values[4, 2]))
@@ -164,3 +173,6 @@ def test_measuring_texts_together_equals_one_at_a_time(tiny_dirs, bundled, famil
         assert np.array_equal(together.values["overlap"][:, tokens].numpy(), alone.overlap.values)
         assert np.array_equal(together.neighbour_ids[:, tokens].numpy(), alone.neighbour_ids)
         assert np.allclose(together.similarity[item].numpy(), alone.similarity.values, atol=1e-4, rtol=0)
+        for name in ("vocab_mean", "vocab_std", "zscore"):
+            assert np.allclose(together.values[name][:, tokens].numpy(), getattr(alone, name).values, atol=1e-4, rtol=1e-4)
+        assert np.allclose(together.text_values["anisotropy"][item].numpy(), alone.anisotropy, atol=1e-4, equal_nan=True)

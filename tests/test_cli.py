@@ -56,14 +56,18 @@ def test_help_and_usage_errors_load_no_model_libraries(args, code):
 def test_analyze_prints_a_table_on_the_bundled_model():
     out, err = _ok(run_cli("analyze", SEED))
     assert "model: all-MiniLM-L6-v2 (bundled) (offline default, because roberta-base is not in the HF cache" in err
-    assert "Cosine to the original encoding" in out and "Overlap: top-100" in out and "Rank: " in out
-    assert out.count("flies") == 6  # two tokens, in each of three tables
+    assert "Cosine to the original encoding" in out and "Overlap: top-100" in out and "Rank: " in out and "z-score" in out
+    assert out.count("flies") == 8  # two tokens, in each of four tables
+    assert out.count("anisotropy") == 1  # a row of the cosine table
 
 
 def test_json_on_the_bundled_model_matches_the_definitions(bundled):
     out, _ = _ok(run_cli("analyze", SEED, "--format", "json"))
     data = json.loads(out)
-    assert set(data) == {"model", "tap", "reference", "top_k", "tokens", "layers", "cosine", "rank", "overlap", "neighbours"}
+    assert set(data) == {
+        "model", "tap", "reference", "top_k", "normalize", "stats", "tokens", "layers", "cosine", "rank", "overlap",
+        "vocab_mean", "vocab_std", "zscore", "anisotropy", "neighbours",
+    }
     assert data["model"] == "sentence-transformers/all-MiniLM-L6-v2" and "site-packages" not in out and data["top_k"] == 100
 
     encoding = encode(bundled, SEED)
@@ -76,7 +80,10 @@ def test_csv_to_a_file(tmp_path, tiny_roberta):
     out, err = _ok(run_cli("analyze", SEED, "--model", str(tiny_roberta), "-f", "csv", "--out", str(target), "--top-k", "7"))
     assert out == "" and err.splitlines()[-1] == f"wrote {target}"
     frame = pd.read_csv(target)
-    assert list(frame.columns) == ["token_index", "token_id", "token", "special", "layer", "cosine", "rank", "overlap_next"]
+    assert list(frame.columns) == [
+        "token_index", "token_id", "token", "special", "layer",
+        "cosine", "rank", "overlap_next", "vocab_mean", "vocab_std", "zscore", "anisotropy",
+    ]
     tokens = frame.token_index.nunique()
     assert len(frame) == 4 * tokens and frame.layer.max() == 3
 
@@ -94,6 +101,7 @@ def test_token_focus():
     widths = {len(line) for line in out.splitlines()[1:]}
     assert widths == {100}, widths  # the nearest items give way, cut with an ellipsis
     assert "…" in out
+    assert "┃     z ┃" in out and "14.28" in out  # the z column: 'flies' at layer 0
     out, _ = _ok(run_cli("analyze", SEED, "--token", "8", "-f", "json"))
     data = json.loads(out)
     assert [t["index"] for t in data["tokens"]] == [8]
@@ -108,7 +116,9 @@ def test_tables_to_a_file_align_and_carry_no_trailing_spaces(tmp_path):
     assert all(line == line.rstrip() for line in lines)
     rows = [line for line in lines if line.startswith("│ 13 │")]  # [SEP] in each measure's table
     cells = [[len(cell) for cell in row.split("│")[1:-1]] for row in rows]
-    assert len(cells) == 3 and cells[0] == cells[1] and cells[2] == cells[0][:-1]  # overlap has one step fewer
+    assert len(cells) == 4 and cells[0] == cells[1] == cells[3] and cells[2] == cells[0][:-1]  # overlap: a step fewer
+    (anisotropy,) = [line for line in lines if "│ anisotropy │" in line]  # the cosine table's last row
+    assert [len(cell) for cell in anisotropy.split("│")[1:-1]] == cells[0]
 
 
 def test_models_command():

@@ -15,6 +15,7 @@ import pytest
 from conftest import CORPUS, SEED, live_server, subprocess_env
 from fastapi.testclient import TestClient
 
+from attention_encodings import analysis as analysis_module
 from attention_encodings import analyze, load_model
 from attention_encodings.faces import server as server_module
 from attention_encodings.faces.cli import main
@@ -34,7 +35,13 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert bundled["layers"] == 6 and bundled["vocab_size"] == 30522 and bundled["max_tokens"] == MAX_TOKENS
     assert info["models"][1]["max_tokens"] == 38  # the tiny model's own limit is lower than the server's
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
-    assert info["defaults"] == {"tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False}
+    assert info["defaults"] == {
+        "tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False,
+        "normalize": "none", "stats": None
+    }
+    assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == []
+    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore"]
+    assert [m["name"] for m in info["text_measures"]] == ["anisotropy"]
 
 
 def test_default_server_offers_the_default_resolution():
@@ -72,14 +79,15 @@ def test_csv_is_the_tidy_table(client, bundled):
 def test_charts_carry_every_spec_and_its_data_once(client):
     payload = client.post("/api/charts", json={"text": SEED}).json()
     assert set(payload["charts"]) == {
-        "cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"
+        "cosine", "rank", "overlap", "zscore", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "zscore_heatmap", "neighbours"
     }
+    assert payload["measures"] == ["cosine", "rank", "overlap", "zscore"]
     assert payload["selected"] == 1 and payload["tokens"][8]["text"] == "flies"
     assert payload["model"]["label"] == "all-MiniLM-L6-v2 (bundled)"
     for spec in payload["charts"].values():
         assert "datasets" not in spec and spec["data"]["name"] in payload["datasets"]
         assert {p["name"] for p in spec["params"]} == {"selected", "hovered", "token_labels"}
-    assert len(payload["datasets"]) == 2  # the measures, shared by six charts, and the neighbour table
+    assert len(payload["datasets"]) == 2  # the measures, shared by eight charts, and the neighbour table
 
 
 def test_similarity_is_in_the_contract_and_adds_the_pair_charts(client, bundled):
@@ -114,7 +122,7 @@ def test_charts_for_the_longest_text_allowed(client):
     """Tens of thousands of table cells: past Altair's default 5,000-row guard, which named datasets avoid."""
     payload = client.post("/api/charts", json={"text": "Time flies like an arrow. " * 21}).json()
     assert len(payload["tokens"]) == MAX_TOKENS
-    assert len(payload["datasets"]["neighbours"]) == 7 * MAX_TOKENS * (15 + 3) + sum(
+    assert len(payload["datasets"]["neighbours"]) == 7 * MAX_TOKENS * (15 + 4) + sum(
         row["row"] == "own" for row in payload["datasets"]["neighbours"]
     )
 
@@ -189,7 +197,7 @@ def test_page_vega_and_docs_need_no_cdn(client):
     schema = client.get("/openapi.json").json()
     assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
-    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity"}
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "normalize", "stats"}
 
 
 def test_models_are_loaded_once_and_shared(bundled):
@@ -264,6 +272,7 @@ def test_serve_command_starts_a_server_a_user_can_reach():
         (["--models", "./no-such-folder"], "error: no model directory at './no-such-folder'"),
         (["--models", "bundled", "--port", "70000"], "error: Invalid value for '--port'"),
         (["--models", "bundled", "--host", "no-such-host.invalid"], "error: cannot listen on no-such-host.invalid:8000"),
+        (["--models", "bundled", "--stats", "./no-such.npz"], "error: cannot read statistics ./no-such.npz: no such file"),
     ],
 )
 def test_serve_errors_are_one_line(args, message, capsys):
@@ -279,3 +288,45 @@ def test_serve_refuses_a_port_in_use(capsys):
         with pytest.raises(SystemExit):
             main(["serve", "--models", "bundled", "--port", str(taken.getsockname()[1])])
     assert "Address already in use" in capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def stats_client(bundled_stats, tiny_roberta):
+    return TestClient(create_app(["bundled", str(tiny_roberta)], stats=[str(bundled_stats)]))
+
+
+def test_a_server_normalizes_with_the_statistics_it_was_started_with(stats_client, bundled_stats, bundled):
+    info = stats_client.get("/api/models").json()
+    assert info["stats"] == [str(bundled_stats)]
+    expected = json.loads(analyze(SEED, bundled, normalize="standardize", stats=bundled_stats).to_json())
+    for body in ({"normalize": "standardize"}, {"normalize": "standardize", "stats": str(bundled_stats)}):
+        assert stats_client.post("/api/analyze", json={"text": SEED, **body}).json() == expected
+    charts = stats_client.post("/api/charts", json={"text": SEED, "normalize": "center"}).json()
+    assert charts["measures"] == ["cosine", "rank", "overlap", "zscore"]
+
+
+def test_no_request_can_open_a_statistics_file(stats_client, bundled_stats, tiny_roberta, monkeypatch):
+    """Statistics were read at start-up; a request names them by id and nothing else, so none is ever opened."""
+
+    def refuse(source, *args):
+        raise AssertionError(f"a request tried to read {source!r}")
+
+    monkeypatch.setattr(server_module, "read_stats", refuse)
+    monkeypatch.setattr(analysis_module, "load_stats", refuse)
+    cases = [
+        ({"normalize": "center", "stats": "/etc/passwd"}, f"unknown stats '/etc/passwd'; this server offers: {bundled_stats}"),
+        ({"normalize": "center", "stats": "sample"}, "unknown stats 'sample'"),
+        ({"stats": str(bundled_stats)}, "are used only to normalize"),
+        ({"normalize": "center", "model": str(tiny_roberta)}, "are for 6 layers of width 384, but roberta0 at resid_mid has 3 layers of width 32"),
+    ]
+    for body, message in cases:
+        _one_line(stats_client.post("/api/analyze", json={"text": SEED, **body}), 422, message)
+    assert stats_client.post("/api/analyze", json={"text": SEED, "normalize": "center"}).status_code == 200
+
+
+def test_a_server_without_statistics_refuses_to_normalize(client):
+    _one_line(
+        client.post("/api/analyze", json={"text": SEED, "normalize": "center"}),
+        422,
+        "normalize center needs statistics, and this server has none; start it with --stats FILE",
+    )

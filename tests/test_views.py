@@ -28,7 +28,9 @@ def _params(spec: dict) -> dict:
 
 def test_every_chart_is_one_spec_with_the_token_parameters(seed_result):
     built = charts(seed_result, token="banana")
-    assert list(built) == ["cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"]
+    assert list(built) == [
+        "cosine", "rank", "overlap", "zscore", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "zscore_heatmap", "neighbours"
+    ]
     for name, chart in built.items():
         spec = chart.to_dict()
         params = _params(spec)
@@ -36,6 +38,19 @@ def test_every_chart_is_one_spec_with_the_token_parameters(seed_result):
         assert params["token_labels"][8] == "8 flies" and len(params["token_labels"]) == len(seed_result.tokens)
     rank = built["rank"].to_dict()
     assert any(layer["encoding"]["y"].get("scale", {}).get("type") == "symlog" for layer in rank["layer"])
+
+
+def test_the_cosine_chart_draws_its_baselines(seed_result):
+    """Behind the tokens' lines: the selected token's vocabulary mean (a dashed line in a ±1 std band) and the
+    text's anisotropy, named in a legend; the other charts have none."""
+    layers = charts(seed_result)["cosine"].to_dict()["layer"]
+    colours = [layer["encoding"]["color"] for layer in layers if "color" in layer.get("encoding", {})]
+    assert colours and all(c["scale"]["domain"] == ["Vocabulary mean ± 1 std", "Anisotropy of the text"] for c in colours)
+    marks = [(layer["mark"]["type"], layer["encoding"]["y"]["field"]) for layer in layers if "color" in layer.get("encoding", {})]
+    assert marks == [("area", "low"), ("line", "vocab_mean"), ("line", "anisotropy")]
+    assert all("selected" in layer["transform"][0]["filter"] for layer in layers[:3])
+    for name in ("rank", "overlap", "zscore"):
+        assert not any("color" in layer.get("encoding", {}) for layer in charts(seed_result)[name].to_dict()["layer"]), name
 
 
 def test_default_token_is_the_first_ordinary_one(seed_result):
@@ -46,7 +61,7 @@ def test_default_token_is_the_first_ordinary_one(seed_result):
 def test_neighbour_table_marks_the_token_and_shows_its_rank_when_outside(seed_result):
     table = neighbour_data(seed_result)
     n = seed_result.neighbour_ids.shape[2]
-    near = table[table.order > 2]
+    near = table[table.order > 3]  # after cosine, rank, overlap→next and zscore
     listed = near[near.row != "own"]
     assert len(listed) == seed_result.neighbour_ids.size
     own_listed = set(zip(listed[listed.own].token_index, listed[listed.own].layer))
@@ -109,10 +124,10 @@ def test_plot_writes_an_svg(tiny_roberta, tmp_path):
 
 def test_plot_on_the_bundled_model(tmp_path):
     target = tmp_path / "flies.pdf"
-    done = run_cli("plot", SEED, "--model", "bundled", "--token", "8", "--measure", "rank", "-o", str(target))
+    done = run_cli("plot", SEED, "--model", "bundled", "--token", "8", "--measure", "zscore", "-o", str(target))
     assert done.returncode == 0, done.stderr.decode()
     text = PdfReader(target).pages[0].extract_text()
-    assert "token 8 flies" in text and "rank (symlog)" in text
+    assert "token 8 flies" in text and "z-score: standard deviations above the vocabulary mean" in text
 
 
 @pytest.mark.parametrize(
@@ -152,5 +167,7 @@ def test_an_analysis_displays_as_its_charts_in_ipython(seed_result):
         assert notebook.register()
         data, _ = shell.display_formatter.format(seed_result)
         assert "text/html" in data and "vegaEmbed" in data["text/html"] and "1 time" in data["text/html"]
+        assert "zscore_heatmap" not in data["text/html"] and "z-score: standard deviations" in data["text/html"]
+        assert "Vocabulary mean" in data["text/html"] and "Anisotropy of the text" in data["text/html"]
     finally:
         InteractiveShell.clear_instance()

@@ -119,7 +119,7 @@ def test_clicking_a_token_changes_charts_and_table_without_a_request(page, serve
     page.click(".chip[data-index='8']")
     page.wait_for_function("document.querySelector('figure[data-chart=neighbours] svg').textContent.includes('token 8 flies')")
     assert "selected" in page.get_attribute(".chip[data-index='8']", "class")
-    for name in ("cosine", "rank", "overlap", "neighbours"):
+    for name in ("cosine", "rank", "overlap", "zscore", "neighbours"):
         assert "token 8 flies" in chart_text(page, name)
     expected = analyze(SEED, bundled)
     assert cosine_row(page) == [f"{v:.3f}" for v in expected.cosine.values[:, 8]]
@@ -201,6 +201,40 @@ def test_the_url_restores_the_whole_view(page, server):
     assert page.locator(".chip.selected").inner_text().endswith("flies")
     assert "Nearest 5 vocabulary items" in chart_text(page, "neighbours")
     assert "Overlap: top-20 neighbours kept" in chart_text(page, "overlap")
+
+
+def test_the_cosine_chart_shows_its_baselines_and_zscore_has_charts(page, server, bundled):
+    open_page(page, f"{server.url}/#token=8")
+    cosine = chart_text(page, "cosine")
+    assert "Vocabulary mean ± 1 std" in cosine and "Anisotropy of the text" in cosine
+    assert page.locator("figure[data-chart=cosine] g.mark-area path").count() == 1  # the ±1 std band
+    assert page.locator("#lines figure").evaluate_all("nodes => nodes.map(n => n.dataset.chart)") == [
+        "cosine", "rank", "overlap", "zscore"
+    ]
+    assert "zscore: every token × layer" in chart_text(page, "zscore_heatmap")
+    table = page.locator("figure[data-chart=neighbours] svg g.mark-text text").all_text_contents()
+    expected = analyze(SEED, bundled)
+    assert "zscore" in table and f"{expected.zscore.values[6, 8]:.2f}" in table
+
+
+def test_normalising_with_the_servers_statistics(page, server, bundled):
+    open_page(page, f"{server.url}/#token=2")
+    assert page.locator("#stats").is_disabled() and not page.locator("#normalize").is_disabled()
+    with page.expect_response("**/api/charts") as answer:
+        page.select_option("#normalize", "standardize")
+    assert json.loads(answer.value.request.post_data)["stats"] == server.stats[0]
+    settle(page)
+    assert page.locator("#stats").is_enabled() and "normalize=standardize" in page.url
+    expected = analyze(SEED, bundled, normalize="standardize", stats=server.stats[0])
+    page.wait_for_function(
+        f"document.querySelector('figure[data-chart=neighbours] svg').textContent.includes('{expected.cosine.values[6, 2]:.3f}')"
+    )
+    assert cosine_row(page) == [f"{v:.3f}" for v in expected.cosine.values[:, 2]]
+    with page.expect_response("**/api/charts") as answer:
+        page.select_option("#normalize", "none")
+    assert "stats" not in json.loads(answer.value.request.post_data)
+    settle(page)
+    assert page.locator("#stats").is_disabled()
 
 
 def test_switching_the_model(page, server, tiny_roberta):

@@ -1,9 +1,10 @@
 """The result of tracing one text: `analyze()` and the `Analysis` object, with tidy tables and JSON.
 
-Every measure takes one shape, a `Trajectory` (layers × tokens) that carries its definition
-(`metrics.MeasureInfo`), so tables, JSON and charts treat every measure alike. The token-to-token similarity,
-asked for with `similarity=True`, is not a measure of one token but of two: a `Similarity` (layers × tokens ×
-tokens), and `Analysis.pair(p, q)` follows one pair of tokens through the layers.
+Every measure of the tokens takes one shape, a `Trajectory` (layers × tokens) that carries its definition
+(`catalog.MeasureInfo`), so tables, JSON and charts treat every measure alike; a measure of the whole text (the
+anisotropy baseline) is one value per layer. The token-to-token similarity, asked for with `similarity=True`, is
+not a measure of one token but of two: a `Similarity` (layers × tokens × tokens), and `Analysis.pair(p, q)`
+follows one pair of tokens through the layers.
 """
 
 from __future__ import annotations
@@ -18,19 +19,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .catalog import MEASURES, SIMILARITY, MeasureInfo
+from .catalog import MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
 from .errors import InputError
 from .metrics import (
     DEFAULT_REFERENCE,
+    Normalization,
     Progress,
     ReferenceSpace,
+    Stats,
+    anisotropy,
     check_reference,
     measure,
+    normalization,
     reference_space,
     token_similarity,
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
+from .stats import load_stats
 from .trace import DEFAULT_TAP, Encoding, encode, trace
 
 if TYPE_CHECKING:  # pandas loads with the first table asked for, not with every analysis
@@ -197,6 +203,8 @@ class Analysis:
     tokens: tuple[Token, ...]
     measures: dict[str, Trajectory]
     """Every measure computed, by name, in the order of `metrics.MEASURES`."""
+    text_measures: dict[str, np.ndarray]
+    """Every measure of the whole text (`metrics.TEXT_MEASURES`), by name: (N+1,) per layer, NaN where missing."""
     neighbour_ids: np.ndarray
     """(N+1, T, n) vocabulary ids, nearest first."""
     neighbour_cosines: np.ndarray
@@ -210,12 +218,20 @@ class Analysis:
     text: str = ""
     """The text analysed (what comparisons name when runs differ in it)."""
 
-    def __getattr__(self, name: str) -> Trajectory:
-        """A measure by name: `result.cosine`, `result.rank`, `result.overlap`, …"""
-        measures = self.__dict__.get("measures") or {}
-        if name in measures:
-            return measures[name]
+    def __getattr__(self, name: str) -> Trajectory | np.ndarray:
+        """A measure by name: `result.cosine`, `result.rank`, `result.zscore`, … (a `Trajectory`), or a measure of
+        the text, `result.anisotropy` (an array over layers)."""
+        for group in ("measures", "text_measures"):
+            found = self.__dict__.get(group) or {}
+            if name in found:
+                return found[name]
         raise AttributeError(f"{type(self).__name__!r} has no attribute or measure {name!r}")
+
+    @property
+    def charted(self) -> list[Trajectory]:
+        """The measures with a chart, a heatmap and a table of their own (`MeasureInfo.charted`), in catalog order;
+        the others are baselines drawn inside those."""
+        return [m for m in self.measures.values() if m.info.charted]
 
     @property
     def tap(self) -> str:
@@ -280,7 +296,8 @@ class Analysis:
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (token, layer), a column per measure (a layer-pair measure such as overlap is
-        named for the step to the next layer, `overlap_next`, and is null at the last layer)."""
+        named for the step to the next layer, `overlap_next`, and is null at the last layer), then a column per
+        measure of the text (`anisotropy`: the text's value at that layer, the same on every token's row)."""
         import pandas as pd
 
         layers, tokens = len(self.layers), len(self.tokens)
@@ -292,6 +309,7 @@ class Analysis:
             "layer": np.repeat(self.layers, tokens),
         }
         columns |= {t.info.column: t.column(layers) for t in self.measures.values()}
+        columns |= {name: pd.array(np.repeat(values, tokens), dtype="Float64") for name, values in self.text_measures.items()}
         return pd.DataFrame(columns)
 
     def neighbours_frame(self) -> pd.DataFrame:
@@ -320,8 +338,9 @@ class Analysis:
         return self.similarity.to_frame()
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON contract: model, tap, reference, top_k, tokens, layers, every measure ([layer][token]),
-        neighbours and, when asked for, similarity ([layer][token][every token of the text])."""
+        """The JSON contract: model, tap, reference, top_k, normalize, stats, tokens, layers, every measure
+        ([layer][token]), every measure of the text ([layer]), neighbours and, when asked for, similarity
+        ([layer][token][every token of the text])."""
         layers, tokens, _ = self.neighbour_ids.shape
         extra = {} if self.similarity is None else {"similarity": self.similarity.values.tolist()}
         return {
@@ -329,9 +348,12 @@ class Analysis:
             "tap": self.tap,
             "reference": self.reference,
             "top_k": self.top_k,
+            "normalize": self.settings.normalize,
+            "stats": self.settings.stats,
             "tokens": [t.__dict__ for t in self.tokens],
             "layers": list(self.layers),
             **{name: trajectory.to_list() for name, trajectory in self.measures.items()},
+            **{name: [None if np.isnan(v) else float(v) for v in values] for name, values in self.text_measures.items()},
             "neighbours": [
                 [[n.__dict__ for n in self.neighbours(layer, token)] for token in range(tokens)]
                 for layer in range(layers)
@@ -344,17 +366,24 @@ class Analysis:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
 
-_references: weakref.WeakKeyDictionary[Any, dict[str, ReferenceSpace]] = weakref.WeakKeyDictionary()
+_references: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], ReferenceSpace]] = weakref.WeakKeyDictionary()
+NORMALIZED_SPACES = 4
+"""Normalised reference spaces kept per model (the most recently built), besides the plain ones."""
 
 
-def reference_for(handle: LoadedModel, name: str) -> ReferenceSpace:
-    """The named reference space of a loaded model, built once and kept while the model lives."""
+def reference_for(handle: LoadedModel, name: str, normalized: Normalization | None = None) -> ReferenceSpace:
+    """The named reference space of a loaded model (its rows normalised by `normalized`, if given), built once
+    and kept while the model lives."""
     check_reference(name)
+    key = (name, "" if normalized is None else normalized.key)
     with handle.lock:
         spaces = _references.setdefault(handle.model, {})
-        if name not in spaces:
-            spaces[name] = reference_space(name, handle.adapter.embedding_parts(handle.model))
-        return spaces[name]
+        if key not in spaces:
+            kept = [other for other in spaces if other[1]]
+            for old in kept[: max(0, len(kept) - NORMALIZED_SPACES + 1)] if normalized is not None else ():
+                del spaces[old]
+            spaces[key] = reference_space(name, handle.adapter.embedding_parts(handle.model), normalized)
+        return spaces[key]
 
 
 def _check_at_most_vocabulary(settings: Settings, handle: LoadedModel) -> None:
@@ -386,6 +415,8 @@ def analyze(
     progress: Progress | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    normalize: str = "none",
+    stats: str | os.PathLike[str] | Stats | None = None,
 ) -> Analysis:
     """Trace `text` through `model` and measure every token at every layer.
 
@@ -393,6 +424,8 @@ def analyze(
     default (roberta-base if it can be loaded, else the bundled all-MiniLM-L6-v2). `device` (cpu, cuda,
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
     `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
+    `normalize` (center, standardize) normalises the tapped vectors and reference rows with `stats`: a
+    `stats.npz` path, `"sample"`, or `Stats` already in memory.
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
     handle = model if isinstance(model, LoadedModel) else None
@@ -408,8 +441,10 @@ def analyze(
         similarity=similarity,
         device=device or DEFAULT_DEVICE,
         dtype=dtype or DEFAULT_DTYPE,
+        normalize=normalize,
+        stats=stats.source if isinstance(stats, Stats) else (None if stats is None else os.fspath(stats)),
     )
-    return analyze_with(settings, text, handle, progress=progress)
+    return analyze_with(settings, text, handle, progress=progress, stats=stats if isinstance(stats, Stats) else None)
 
 
 @dataclass(frozen=True)
@@ -419,6 +454,8 @@ class Measured:
     encodings: tuple[Encoding, ...]
     values: dict[str, torch.Tensor]
     """Each measure by name (see `metrics.MEASURES`): (N+1, ΣT), or (N, ΣT) for a layer-pair measure."""
+    text_values: dict[str, torch.Tensor]
+    """Each measure of the text by name (see `metrics.TEXT_MEASURES`): (B, N+1), a row per encoding."""
     neighbour_ids: torch.Tensor
     """(N+1, ΣT, n) vocabulary ids, nearest first."""
     neighbour_cosines: torch.Tensor
@@ -428,32 +465,61 @@ class Measured:
 
     def tokens_of(self, item: int) -> slice:
         """Where encoding `item`'s tokens sit along the packed axis."""
-        start = sum(len(e) for e in self.encodings[:item])
-        return slice(start, start + len(self.encodings[item]))
+        return token_spans(self.encodings)[item]
+
+
+def token_spans(encodings: Sequence[Encoding]) -> list[slice]:
+    """Where each encoding's tokens sit along the packed token axis."""
+    ends = np.cumsum([len(e) for e in encodings]).tolist()
+    return [slice(end - len(e), end) for end, e in zip(ends, encodings)]
+
+
+def normalization_for(
+    handle: LoadedModel, settings: Settings, layers: int, width: int, stats: Stats | None = None
+) -> Normalization | None:
+    """The normalisation `settings` ask for, from `stats` when given (statistics already in memory, such as a
+    server's) or else read from `settings.stats`, checked to fit `layers` × `width` vectors at the tap."""
+    if settings.normalize == "none":
+        return None
+    chosen = stats if stats is not None else load_stats(settings.stats or "")
+    chosen.check_fits(layers, width, handle.label, settings.tap)
+    return normalization(settings.normalize, chosen, handle.device)
 
 
 def measure_texts(
-    handle: LoadedModel, settings: Settings, encodings: Sequence[Encoding], *, progress: Progress | None = None
+    handle: LoadedModel,
+    settings: Settings,
+    encodings: Sequence[Encoding],
+    *,
+    progress: Progress | None = None,
+    stats: Stats | None = None,
 ) -> Measured:
-    """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token: the one
-    computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the face that asks."""
+    """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token, and of
+    each text: the one computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the
+    face that asks. With `settings.normalize`, the tapped vectors and reference rows are normalised first (by
+    `stats`, or the statistics `settings.stats` names)."""
     _check_at_most_vocabulary(settings, handle)
-    space = reference_for(handle, settings.reference)
-    traced = trace(handle, encodings, taps=(settings.tap,))
-    states = traced.packed(settings.tap)
+    states = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
+    normalized = normalization_for(handle, settings, states.shape[0], states.shape[-1], stats)
+    if normalized is not None:
+        states = normalized.states(states)
+    space = reference_for(handle, settings.reference, normalized)
     adapter = handle.adapter
     offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in encodings])
     token_ids = torch.cat([e.input_ids for e in encodings])
     result = measure(
         states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
     )
-    values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
+    ordinary = ~torch.isin(token_ids, torch.tensor(handle.tokenizer.all_special_ids, device=token_ids.device))
+    spans = token_spans(encodings)
+    text_values = {"anisotropy": torch.stack([anisotropy(states[:, span], ordinary[span]) for span in spans])}
     similarity = None
     if settings.similarity:  # text by text, so memory is the T × T of each text, never of the padded batch
-        similarity = tuple(token_similarity(traced.states(settings.tap, item)).cpu() for item in range(len(encodings)))
+        similarity = tuple(token_similarity(states[:, span]).cpu() for span in spans)
     return Measured(
         encodings=tuple(encodings),
-        values={name: values[name].cpu() for name in MEASURES if name in values},
+        values={name: getattr(result, name).cpu() for name in MEASURES if hasattr(result, name)},
+        text_values={name: text_values[name].cpu() for name in TEXT_MEASURES},
         neighbour_ids=result.neighbour_ids.cpu(),
         neighbour_cosines=result.neighbour_cosines.cpu(),
         similarity=similarity,
@@ -461,13 +527,18 @@ def measure_texts(
 
 
 def analyze_with(
-    settings: Settings, text: str, model: LoadedModel | None = None, *, progress: Progress | None = None
+    settings: Settings,
+    text: str,
+    model: LoadedModel | None = None,
+    *,
+    progress: Progress | None = None,
+    stats: Stats | None = None,
 ) -> Analysis:
     """`analyze()` driven by a `Settings`, as every face calls it; `model` overrides `settings.model` with a
-    handle that is already loaded."""
+    handle that is already loaded, and `stats` the statistics `settings.stats` names with ones in memory."""
     handle = load_for(settings, model)
     encoding = encode(handle, text, truncate=settings.truncate)
-    measured = measure_texts(handle, settings, [encoding], progress=progress)
+    measured = measure_texts(handle, settings, [encoding], progress=progress, stats=stats)
     ids = encoding.input_ids.tolist()
     special = set(handle.tokenizer.all_special_ids)
     tokens = tuple(
@@ -488,6 +559,7 @@ def analyze_with(
             name: Trajectory(MEASURES[name], layers[:-1] if MEASURES[name].steps else layers, values.numpy())
             for name, values in measured.values.items()
         },
+        text_measures={name: values[0].numpy() for name, values in measured.text_values.items()},
         neighbour_ids=neighbour_ids,
         neighbour_cosines=measured.neighbour_cosines.numpy(),
         neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],

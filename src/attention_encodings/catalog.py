@@ -1,8 +1,9 @@
 """What each measure is, defined once: every face (tables, JSON, CSV, charts, the page) reads these.
 
 A new measure is one `MeasureInfo` here plus the code that computes it (`analysis.measure_texts`); titles, axes,
-number formats, scales and whether it lives on layers or on layer pairs all come from its entry. Like `names`,
-it imports nothing heavy, so the command line can list the measures at once.
+number formats, scales, whether it lives on layers or on layer pairs, and whether it has a chart of its own or is
+a baseline drawn inside another measure's chart all come from its entry. Like `names`, it imports nothing heavy,
+so the command line can list the measures at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ class MeasureInfo:
     """Whether some tokens may lack a value (the head lens has no next token to predict after the last one)."""
     lower_is_closer: bool = False
     """Whether a smaller value means "still closer to the original" (rank), which flips colour scales."""
+    baseline_of: str | None = None
+    """The measure this one is a baseline for (vocab_mean for cosine): drawn inside that measure's chart, for the
+    selected token, with no chart, heatmap or table of its own. None: the measure has its own."""
+    band: str | None = None
+    """For a baseline: the measure that gives the ±1 band around it (vocab_std around vocab_mean)."""
+    short: str = ""
+    """Column header where space is short (the one-token table); the name when empty."""
+
+    @property
+    def charted(self) -> bool:
+        """Whether the measure has a line chart, a heatmap and a table of its own."""
+        return self.baseline_of is None
+
+    @property
+    def header(self) -> str:
+        return self.short or self.name
 
     @property
     def column(self) -> str:
@@ -87,9 +104,6 @@ OVERLAP = MeasureInfo(
     integer=True,
 )
 
-MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (COSINE, RANK, OVERLAP)}
-"""Every measure, in the order faces show them."""
-
 SIMILARITY = MeasureInfo(
     "similarity",
     "Similarity of two tokens",
@@ -98,3 +112,57 @@ SIMILARITY = MeasureInfo(
     ".3f",
 )
 """Not a measure of one token (so not in `MEASURES`) but of a pair: `Analysis.pair` and the pair charts."""
+
+VOCAB_MEAN = MeasureInfo(
+    "vocab_mean",
+    "Vocabulary mean",
+    "mean cosine of the token's representation to every vocabulary item's reference encoding: what cosine a typical "
+    "item gets",
+    "cosine",
+    ".3f",
+    baseline_of="cosine",
+    band="vocab_std",
+)
+VOCAB_STD = MeasureInfo(
+    "vocab_std",
+    "Vocabulary standard deviation",
+    "population standard deviation of those cosines over the whole vocabulary",
+    "cosine",
+    ".3f",
+    baseline_of="cosine",
+)
+ZSCORE = MeasureInfo(
+    "zscore",
+    "z-score: standard deviations above the vocabulary mean",
+    "(cosine − vocab_mean) / vocab_std: how far the token's own original stands above a typical vocabulary item",
+    "z (std above the vocabulary mean)",
+    ".2f",
+    short="z",
+)
+
+MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (COSINE, RANK, OVERLAP, VOCAB_MEAN, VOCAB_STD, ZSCORE)}
+"""Every measure of each token, in the order faces show them."""
+
+ANISOTROPY = MeasureInfo(
+    "anisotropy",
+    "Anisotropy of the text",
+    "mean cosine between two different non-special tokens of the text at this layer (over ordered pairs p ≠ q; "
+    "null with fewer than two): how alike any two of its tokens are (Ethayarajh, 2019)",
+    "cosine",
+    ".3f",
+    baseline_of="cosine",
+    nullable=True,
+)
+
+TEXT_MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (ANISOTROPY,)}
+"""Measures of the whole text: one value per layer, no token axis."""
+
+
+def baselines(measure: str) -> list[MeasureInfo]:
+    """The baselines drawn inside `measure`'s chart, of each token and of the text, in catalog order."""
+    return [info for info in (*MEASURES.values(), *TEXT_MEASURES.values()) if info.baseline_of == measure]
+
+
+def charted() -> list[str]:
+    """The measures with a chart, heatmap and table of their own, in the order faces show them."""
+    return [name for name, info in MEASURES.items() if info.charted]

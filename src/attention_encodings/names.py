@@ -26,6 +26,12 @@ DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 """Precisions the model may run in (the measures stay float32)."""
 DEFAULT_DTYPE = "float32"
 
+NORMALIZATIONS: tuple[str, ...] = ("none", "center", "standardize")
+"""How tapped vectors and reference rows are normalised with corpus statistics before measuring (see
+`metrics.normalize`)."""
+SAMPLE_STATS = "sample"
+"""The `stats` value naming the statistics of the bundled sample corpus."""
+
 BUNDLED_ALIAS = "bundled"
 """Name that selects the bundled offline model explicitly."""
 

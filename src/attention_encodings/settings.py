@@ -21,6 +21,7 @@ from .names import (
     DEFAULT_TAP,
     DEVICES,
     DTYPE_NAMES,
+    NORMALIZATIONS,
     REFERENCES,
     TAPS,
 )
@@ -68,6 +69,17 @@ class Settings:
     similarity: bool = _option(
         False, "Also measure every token's cosine to every other token at each layer ((N+1)×T×T, so off by default)."
     )
+    normalize: str = _option(
+        "none",
+        "Normalise the tapped vectors and the reference rows with corpus statistics before measuring (center: "
+        "subtract each layer's mean; standardize: also divide by its std).",
+        choices=NORMALIZATIONS,
+    )
+    stats: str | None = _option(
+        None,
+        "The statistics --normalize uses: a stats.npz file as 'attention-encodings corpus' writes it (mean and std "
+        "per layer) or 'sample' (the bundled sample corpus).",
+    )
     truncate: bool = _option(False, "Cut text longer than the model's limit instead of refusing it.", web=False)
     device: str = _option(
         DEFAULT_DEVICE, "Where the model runs (auto: CUDA if available, else the CPU).", choices=DEVICES, web=False,
@@ -79,6 +91,10 @@ class Settings:
     def __post_init__(self) -> None:
         for item in fields(self):
             check_value(item, getattr(self, item.name))
+        if self.normalize != "none" and self.stats is None:
+            raise OptionError(f"normalize {self.normalize} needs statistics: give stats (a stats.npz file or 'sample')")
+        if self.normalize == "none" and self.stats is not None:
+            raise OptionError(f"stats {self.stats!r} are used only to normalize; give normalize center or standardize")
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` applied (and checked)."""

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from ..catalog import MEASURES, SIMILARITY
+from ..catalog import SIMILARITY, baselines, charted
 from ..errors import AttentionEncodingsError, InputError, OptionError
 from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options, runs
@@ -71,24 +71,35 @@ TOKEN_TABLE_WIDTH = 100
 
 
 def overview_tables(result: Analysis) -> list[Table]:
-    """One table per measure: a row per token, a column per layer (or per step l→l+1). Every table has the same
-    width and the same column widths, so they read as one aligned block."""
+    """One table per charted measure: a row per token, a column per layer (or per step l→l+1), then a row per
+    measure of the whole text drawn as its baseline (the anisotropy under cosine); the vocabulary baselines are in
+    JSON and CSV. Every table has the same width and the same column widths, so they read as one aligned block."""
+    shown = {m.name: m for m in result.charted}
     cells = {
         name: [[_cell(m.info.format, v) for v in m.values[:, column]] for column in range(len(result.tokens))]
-        for name, m in result.measures.items()
+        for name, m in shown.items()
     }
-    titles = {name: m.info.titled(result.settings) for name, m in result.measures.items()}
-    width = max([len(f"{layer}→{layer + 1}") for layer in result.layers] + [len(c) for rows in cells.values() for row in rows for c in row])
+    extra = {
+        name: [(b.name, [_cell(b.format, v) for v in result.text_measures[b.name]]) for b in baselines(name) if b.name in result.text_measures]
+        for name in shown
+    }
+    titles = {name: m.info.titled(result.settings) for name, m in shown.items()}
+    every = [c for name in shown for row in cells[name] + [row for _, row in extra[name]] for c in row]
+    width = max([len(f"{layer}→{layer + 1}") for layer in result.layers] + [len(c) for c in every])
+    labels = max([len(t.text) for t in result.tokens] + [len(label) for rows in extra.values() for label, _ in rows])
     tables = []
-    for name, measure in result.measures.items():
+    for name, measure in shown.items():
         table = Table(title=titles[name], title_justify="left", title_style="bold", min_width=max(map(len, titles.values())))
         table.add_column("#", justify="right")
-        table.add_column("token")
+        table.add_column("token", min_width=labels)
         for layer in measure.layers:
             header = f"{layer}→{layer + 1}" if measure.info.steps else f"L{layer}"
             table.add_column(header, justify="right", min_width=width)
         for column, token in enumerate(result.tokens):
             table.add_row(str(token.index), token.text, *cells[name][column])
+        for label, row in extra[name]:
+            table.add_section()
+            table.add_row("", label, *row, style="italic")
         tables.append(table)
     return tables
 
@@ -101,12 +112,12 @@ def _cell(number_format: str, value: Any) -> str:
 
 
 def token_table(result: Analysis) -> Table:
-    """Layer-by-layer table for an analysis narrowed to one token: every measure, then its nearest items (the only
-    column that gives way, cut with … where the table would pass its width)."""
+    """Layer-by-layer table for an analysis narrowed to one token: every charted measure (zscore as `z`), then its
+    nearest items (the only column that gives way, cut with … where the table would pass its width)."""
     token = result.tokens[0]
     columns = {"layer": [str(layer) for layer in result.layers]}
-    for m in result.measures.values():
-        header = f"{m.name}→next" if m.info.steps else m.name
+    for m in result.charted:
+        header = f"{m.name}→next" if m.info.steps else m.info.header
         columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
     widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
     table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
@@ -294,7 +305,7 @@ def plot_command(
     measure: Annotated[
         Optional[str],
         typer.Option(
-            help=f"What to draw: a measure ({', '.join(MEASURES)}) or all (the default: every chart and the neighbour table)."
+            help=f"What to draw: a measure ({', '.join(charted())}) or all (the default: every chart and the neighbour table)."
         ),
     ] = None,
     pair: Annotated[
@@ -343,6 +354,14 @@ def serve_command(
             "Default: the default model resolution.",
         ),
     ] = None,
+    stats: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--stats",
+            help="Statistics files (stats.npz) a request may normalize with, comma-separated or repeated; read now, "
+            "and named in requests by the string given here. Default: none.",
+        ),
+    ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
     *,
     settings: Settings,
@@ -350,8 +369,13 @@ def serve_command(
     """Serve the interactive page and its JSON API (docs at /docs)."""
     from .server import serve  # FastAPI and uvicorn load only for this command, not for every CLI start
 
-    allowed = [name.strip() for entry in models or [] for name in entry.split(",") if name.strip()]
-    serve(allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings)
+    allowed = _listed(models)
+    serve(allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings, stats=_listed(stats))
+
+
+def _listed(entries: list[str] | None) -> list[str]:
+    """The names of a repeatable, comma-separated option."""
+    return [name.strip() for entry in entries or [] for name in entry.split(",") if name.strip()]
 
 
 @app.command("models")

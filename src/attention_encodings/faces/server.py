@@ -1,7 +1,8 @@
 """The web face: `attention-encodings serve`, an interactive page and a JSON API over one shared model.
 
-Safety: a request names a model only by an id from the list the server was started with, so it can never
-make the server download a model or open a path; text length and token count are capped; model work runs
+Safety: a request names a model only by an id from the list the server was started with, and statistics for
+normalising only by an id from those it was started with (loaded at start-up), so it can never make the server
+download a model or open a path; text length and token count are capped; model work runs
 in the thread pool, off the event loop; each model is loaded once and shared (its lock serialises the
 hooked forward passes). Every failure a request can cause is a 4xx with one line in `{"detail": ...}`.
 The page and the API docs (/docs, /redoc) load nothing from a CDN.
@@ -28,12 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .._version import __version__
 from ..analysis import Analysis, analyze_with
-from ..catalog import MEASURES
+from ..catalog import MEASURES, TEXT_MEASURES
 from ..comparison import compare
 from ..errors import InputError
+from ..metrics import Stats
 from ..models import LoadedModel, load_model, set_threads
-from ..names import REFERENCES
+from ..names import NORMALIZATIONS, REFERENCES
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
+from ..stats import read_stats
 from ..trace import TAPS
 from ..views import default_token, page_specs, vega_javascript
 
@@ -50,6 +53,11 @@ STATIC = Path(__file__).with_name("static")
 
 LIMITS: dict[str, int] = {"neighbours": MAX_NEIGHBOURS}
 """Upper bounds a request must keep to, beyond the settings' own."""
+WEB_HELP: dict[str, str] = {
+    "stats": "The statistics to normalize with: an id from GET /api/models `stats` (the statistics this server was "
+    "started with); default: the first. Only with normalize center or standardize.",
+}
+"""Request field descriptions that differ from the command line's help."""
 
 
 def _request_field(name: str) -> tuple[Any, Any]:
@@ -61,7 +69,9 @@ def _request_field(name: str) -> tuple[Any, Any]:
         kind = Literal[option.choices]  # type: ignore[valid-type]
     bounds = {"ge": option.minimum, "le": LIMITS.get(name), "strict": True if kind in (int, bool) else None}
     constraints = {key: value for key, value in bounds.items() if value is not None}
-    return kind, Field(default_of(item), description=option.help, **constraints)
+    if default_of(item) is None:
+        kind = Optional[kind]
+    return kind, Field(default_of(item), description=WEB_HELP.get(name, option.help), **constraints)
 
 
 class _Base(BaseModel):
@@ -106,16 +116,23 @@ class ServerInfo(BaseModel):
 
     models: list[ServedModel]
     measures: list[dict[str, Any]] = Field(description="Each measure's name, title, description, unit and format.")
+    text_measures: list[dict[str, Any]] = Field(description="The same for each measure of the whole text, per layer.")
     taps: list[str]
     references: list[str]
+    normalizations: list[str]
+    stats: list[str] = Field(description="The statistics a request may normalize with (its `stats`), by id.")
     defaults: dict[str, Any]
     limits: dict[str, int]
 
 
 CONTRACT = (
     "The JSON contract shared with `attention-encodings analyze --format json`: model, tap, reference, top_k, "
-    "tokens, layers, cosine and rank ([layer][token]), overlap ([l][token], layers l to l+1), neighbours and, "
-    "when `similarity` is true, similarity ([layer][token][token])."
+    "normalize, stats, tokens, layers, "
+    + ", ".join(f"{m.name} ({'[l][token], layers l to l+1' if m.steps else '[layer][token]'})" for m in MEASURES.values())
+    + ", "
+    + ", ".join(f"{m.name} ([layer], of the whole text)" for m in TEXT_MEASURES.values())
+    + ", neighbours ([layer][token], nearest first) and, when `similarity` is true, similarity ([layer][token][token]). "
+    "GET /api/models describes each measure."
 )
 
 
@@ -140,7 +157,7 @@ def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any
         "runs": [{"label": label, "model": model.id} for label, (model, _) in zip(comparison.labels, runs)],
         "tokens": [token.__dict__ for token in first.tokens],
         "selected": default_token(first),
-        "measures": list(first.measures),
+        "measures": [m.name for m in first.charted],
         "charts": specs,
         "datasets": data,
         "note": comparison.note(),
@@ -164,10 +181,14 @@ def _validation_detail(error: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
-def create_app(models: Sequence[str | None] = (None,), settings: Settings = Settings()) -> FastAPI:
+def create_app(
+    models: Sequence[str | None] = (None,), settings: Settings = Settings(), stats: Sequence[str] = ()
+) -> FastAPI:
     """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default),
-    each loaded once on the device and in the dtype of `settings`."""
+    each loaded once on the device and in the dtype of `settings`, and to normalize with exactly the statistics
+    files `stats`, each read once, now (a request names one by the string given here)."""
     allowed = load_allowed(models, settings)
+    offered: dict[str, Stats] = {source: read_stats(source) for source in stats}
     served = {
         model_id: ServedModel(
             id=model_id,
@@ -190,20 +211,37 @@ def create_app(models: Sequence[str | None] = (None,), settings: Settings = Sett
 
     @lru_cache(maxsize=CACHE_SIZE)
     def cached(model_id: str, text: str, settings: Settings) -> Analysis:
-        return analyze_with(settings, text, allowed[model_id])
+        return analyze_with(settings, text, allowed[model_id], stats=offered.get(settings.stats or ""))
 
-    def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
+    def chosen_stats(normalize: str, stats: str | None) -> str | None:
+        """The statistics id a request normalizes with: its own, else the first offered; never a path."""
+        if normalize == "none" or (stats is not None and stats in offered):
+            return stats
+        if stats is not None:
+            listing = ", ".join(offered) or "none (start the server with --stats FILE)"
+            raise InputError(f"unknown stats {stats!r}; this server offers: {listing}")
+        if not offered:
+            raise InputError(f"normalize {normalize} needs statistics, and this server has none; start it with --stats FILE")
+        return next(iter(offered))
+
+    def settings_for(request: AnalyzeRequest) -> tuple[str, Settings]:
+        """The served model a request names, and its settings (with the statistics it normalizes with)."""
         model_id = request.model or next(iter(served))
         if model_id not in served:
             raise InputError(f"unknown model {model_id!r}; this server runs: {', '.join(served)}")
+        chosen = request.model_dump(exclude={"text", "model"})
+        chosen["stats"] = chosen_stats(request.normalize, request.stats)
+        return model_id, Settings(model=allowed[model_id].name, **chosen)
+
+    def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
+        model_id, settings = settings_for(request)
         text = request.text
         if len(text) > MAX_CHARS:
             raise InputError(f"text is {len(text)} characters long; this server accepts at most {MAX_CHARS}")
         limit = served[model_id].max_tokens
         if text.strip() and (count := len(allowed[model_id].tokenizer(text, verbose=False)["input_ids"])) > limit:
             raise InputError(f"text is {count} tokens long; this server accepts at most {limit} with {served[model_id].label}")
-        chosen = request.model_dump(exclude={"text", "model"})
-        return served[model_id], cached(model_id, text, Settings(model=allowed[model_id].name, **chosen))
+        return served[model_id], cached(model_id, text, settings)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, error: InputError) -> JSONResponse:
@@ -230,8 +268,11 @@ def create_app(models: Sequence[str | None] = (None,), settings: Settings = Sett
         return ServerInfo(
             models=list(served.values()),
             measures=[asdict(info) for info in MEASURES.values()],
+            text_measures=[asdict(info) for info in TEXT_MEASURES.values()],
             taps=list(TAPS),
             references=list(REFERENCES),
+            normalizations=list(NORMALIZATIONS),
+            stats=list(offered),
             defaults={item.name: default_of(item) for item, option in options() if option.web},
             limits={"max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS, "max_neighbours": MAX_NEIGHBOURS},
         )
@@ -244,7 +285,7 @@ def create_app(models: Sequence[str | None] = (None,), settings: Settings = Sett
     @app.post("/api/analyze/csv", responses={200: {"content": {"text/csv": {}}}})
     def analyze_csv(request: AnalyzeRequest) -> Response:
         """The same analysis as a tidy CSV table, as `--format csv` writes it: a row per (token, layer)."""
-        check_csv(Settings(**request.model_dump(exclude={"text", "model"})))
+        check_csv(settings_for(request)[1])
         headers = {"Content-Disposition": 'attachment; filename="attention-encodings.csv"'}
         return Response(run(request)[1].to_frame().to_csv(index=False), media_type="text/csv", headers=headers)
 
@@ -275,12 +316,17 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(
-    models: Sequence[str | None], host: str, port: int, open_browser: bool = False, settings: Settings = Settings()
+    models: Sequence[str | None],
+    host: str,
+    port: int,
+    open_browser: bool = False,
+    settings: Settings = Settings(),
+    stats: Sequence[str] = (),
 ) -> None:
-    """Load the allowed models, then serve the page and the API until interrupted, placed as `settings` says
-    (device, dtype and threads)."""
+    """Load the allowed models and statistics, then serve the page and the API until interrupted, placed as
+    `settings` says (device, dtype and threads)."""
     set_threads(settings.threads)
-    app = create_app(models, settings)
+    app = create_app(models, settings, stats)
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host

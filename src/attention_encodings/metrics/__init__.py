@@ -1,9 +1,21 @@
 """Metrics layer: lenses onto the vocabulary (reference spaces) and the measures, as pure tensor functions
 (their definitions for people are in `catalog`)."""
 
-from ..names import DEFAULT_REFERENCE, REFERENCES
+from ..names import DEFAULT_REFERENCE, NORMALIZATIONS, REFERENCES
 from .lens import ROW_FLOATS, Lens, padded_rows
-from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, Scan, blocked_top_k, measure, scan, top_k_overlap
+from .measures import (
+    DEFAULT_CHUNK_BYTES,
+    SPREAD_BLOCK,
+    Measures,
+    Progress,
+    Scan,
+    blocked_top_k,
+    measure,
+    row_mean_std,
+    scan,
+    top_k_overlap,
+)
+from .normalize import Normalization, Stats, normalization
 from .reference import (
     EmbeddingReference,
     ReferenceSpace,
@@ -17,23 +29,28 @@ from .similarity import anisotropy, token_similarity, unit
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "DEFAULT_REFERENCE",
+    "NORMALIZATIONS",
     "REFERENCES",
     "ROW_FLOATS",
-    "SIMILARITY",
+    "SPREAD_BLOCK",
     "EmbeddingReference",
     "Lens",
     "Measures",
+    "Normalization",
     "Progress",
     "ReferenceSpace",
     "Scan",
+    "Stats",
     "WordReference",
     "anisotropy",
     "blocked_top_k",
     "check_reference",
     "embedding_is_word",
     "measure",
+    "normalization",
     "padded_rows",
     "reference_space",
+    "row_mean_std",
     "scan",
     "token_similarity",
     "top_k_overlap",

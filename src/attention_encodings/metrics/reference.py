@@ -13,6 +13,10 @@ cosine to every vocabulary item's reference encoding.
 The embedding space is never built as a V×d matrix per slot. LayerNorm's mean and variance of `E[v] + c_p`,
 and the dot products with x, all follow from one GEMM of the vectors against the centred E, plus a
 (V × 2t) GEMM for the t slots in hand and per-row constants of E computed once per model.
+
+Either space may be normalised (`normalize.Normalization`): every row R → (R − shift) · gain, elementwise. For
+`word` that is done to the V rows once; for `embedding` it is one more affine map after the LayerNorm, folded
+into the one the space already applies, so still nothing is built per slot.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..errors import InputError, OptionError
 from ..models import EmbeddingParts
 from ..names import REFERENCES
 from .lens import Lens, padded_rows
+from .normalize import Normalization
 
 _TINY = 1e-12
 
@@ -41,11 +46,11 @@ class ReferenceSpace(Lens):
 
 
 class WordReference(ReferenceSpace):
-    """`R[v] = E[v]`: the raw word embeddings, with no position or LayerNorm."""
+    """`R[v] = E[v]`: the raw word embeddings, with no position or LayerNorm (normalised: (E[v] − shift) · gain)."""
 
     name = "word"
 
-    def __init__(self, parts: EmbeddingParts) -> None:
+    def __init__(self, parts: EmbeddingParts, normalization: Normalization | None = None) -> None:
         word = parts.word.float()
         super().__init__(word.shape[0])
         if parts.projection_weight is not None:
@@ -53,6 +58,10 @@ class WordReference(ReferenceSpace):
                 f"the word reference needs hidden vectors the size of the word embeddings ({word.shape[1]}), "
                 f"but this model projects them to {parts.projection_weight.shape[0]}; use the embedding reference"
             )
+        if normalization is not None:
+            word = word - normalization.row_shift
+            if normalization.row_gain is not None:
+                word = word * normalization.row_gain
         self.unit_t = (word / word.norm(dim=-1, keepdim=True).clamp_min(_TINY)).T.contiguous()
         """(h, V): unit rows, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
 
@@ -67,12 +76,13 @@ class EmbeddingReference(ReferenceSpace):
 
     With the LayerNorm gain γ, bias β and an optional projection (W, b_W) after it, A = W·diag(γ) and
     b = W·β + b_W (A = diag(γ), b = β without a projection). Without an embedding LayerNorm (GPT-2) there is
-    no centring or scaling: `R_p[v] = E[v] + c_p`, that is A = I and b = 0.
+    no centring or scaling: `R_p[v] = E[v] + c_p`, that is A = I and b = 0. A normalisation R → D·(R − m), with
+    D = diag(gain), makes that A' = D·A and b' = D·(b − m): still diagonal where A was.
     """
 
     name = "embedding"
 
-    def __init__(self, parts: EmbeddingParts) -> None:
+    def __init__(self, parts: EmbeddingParts, normalization: Normalization | None = None) -> None:
         word = parts.word.float()
         super().__init__(word.shape[0])
         self.width = word.shape[1]
@@ -85,10 +95,21 @@ class EmbeddingReference(ReferenceSpace):
         if parts.projection_weight is None:
             self.matrix = None
             self.bias = beta
-            self.row_sq = (centred * self.gamma).pow(2).sum(dim=-1)
         else:
             self.matrix = parts.projection_weight.float() * self.gamma
             self.bias = parts.projection_weight.float() @ beta + parts.projection_bias.float()
+        if normalization is not None:
+            self.bias = self.bias - normalization.row_shift
+            gain = normalization.row_gain
+            if gain is not None:
+                self.bias = self.bias * gain
+                if self.matrix is None:
+                    self.gamma = self.gamma * gain
+                else:
+                    self.matrix = self.matrix * gain[:, None]
+        if self.matrix is None:
+            self.row_sq = (centred * self.gamma).pow(2).sum(dim=-1)
+        else:
             self.row_sq = (centred @ self.matrix.T).pow(2).sum(dim=-1)
         self.bias_back = self._transpose_map(self.bias)
         self.row_bias = centred @ self.bias_back
@@ -142,8 +163,8 @@ def embedding_is_word(parts: EmbeddingParts) -> bool:
     return parts.norm_weight is None and parts.projection_weight is None and not parts.slotted
 
 
-def reference_space(name: str, parts: EmbeddingParts) -> ReferenceSpace:
-    """Build the named reference space from a model's embedding parts."""
+def reference_space(name: str, parts: EmbeddingParts, normalization: Normalization | None = None) -> ReferenceSpace:
+    """Build the named reference space from a model's embedding parts, its rows normalised if asked."""
     if check_reference(name) == "word" or embedding_is_word(parts):
-        return WordReference(parts)
-    return EmbeddingReference(parts)
+        return WordReference(parts, normalization)
+    return EmbeddingReference(parts, normalization)

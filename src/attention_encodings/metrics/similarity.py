@@ -31,6 +31,6 @@ def anisotropy(states: Tensor, keep: Tensor) -> Tensor:
     u = unit(states[:, keep])
     n = u.shape[1]
     if n < 2:
-        return torch.full((states.shape[0],), torch.nan)
+        return torch.full((states.shape[0],), torch.nan, device=states.device)
     total = u.sum(dim=1).pow(2).sum(dim=-1) - u.pow(2).sum(dim=(1, 2))
     return total / (n * (n - 1))

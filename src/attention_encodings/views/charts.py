@@ -4,6 +4,10 @@ The same spec renders in the web page (vega-embed), in a notebook and, through v
 PDF or a self-contained HTML file. Which token is selected and which one the pointer is over are Vega
 parameters (`selected`, `hovered`: token indices, -1 for none), so a page changes them with
 `view.signal(...)` and every chart follows without recomputing anything.
+
+Which charts exist follows the measure catalog: each measure with a chart of its own (`MeasureInfo.charted`) gets
+a line chart and a heatmap; a baseline (`MeasureInfo.baseline_of`) is drawn inside its measure's line chart for
+the selected token: the vocabulary mean with its ±1 std band, and the text's anisotropy.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis
-from ..catalog import MEASURES, MeasureInfo
+from ..catalog import MEASURES, MeasureInfo, baselines, charted
 from ..errors import OptionError
 
 SELECTED = "selected"
@@ -26,7 +30,7 @@ HOVERED = "hovered"
 """Vega parameter: the index of the token under the pointer, -1 for none."""
 LABELS = "token_labels"
 """Vega parameter: each token's label (`"2 flies"`), indexed by token index, for titles."""
-FIGURES = (*MEASURES, "all")
+FIGURES = (*charted(), "all")
 """What `figure()` draws: one measure's line chart, or every chart."""
 
 ACCENT = "#d9480f"
@@ -34,6 +38,8 @@ ACCENT = "#d9480f"
 HOVER = "#1971c2"
 """The hovered token's colour."""
 MUTED = "#adb5bd"
+BASELINE_COLOURS = ("#495057", "#2f9e44", "#7048e8")
+"""The baselines drawn in a measure's chart, in catalog order (vocabulary mean, anisotropy)."""
 FONT = "Inter, 'Segoe UI', Helvetica, Arial, sans-serif"
 LINE_SIZE = {"width": 330, "height": 210}
 
@@ -97,12 +103,13 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     position = {t.index: column for column, t in enumerate(result.tokens)}
     columns = near.token_index.map(position).to_numpy()
     near_text = near.neighbour_text.map(readable)
+    shown = result.charted
     neighbours = pd.DataFrame(
         {
             "token_index": near.token_index,
             "layer": near.layer,
             "row": near.neighbour.astype(str),
-            "order": near.neighbour + len(result.measures) - 1,
+            "order": near.neighbour + len(shown) - 1,
             "text": near_text + "  " + near.cosine.map("{:.2f}".format),
             "shade": near.cosine,
             "own": near.neighbour_id.to_numpy() == ids[columns],
@@ -113,7 +120,7 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     outside = frame[frame["rank"] >= n]
     summary = [
         (f"{m.name}→next" if m.info.steps else m.name, order, frame[m.info.column].map(partial(_printed, m.info.format)), frame)
-        for order, m in enumerate(result.measures.values())
+        for order, m in enumerate(shown)
     ]
     summary.append(
         ("own", n + len(summary), outside.token + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside)
@@ -191,15 +198,49 @@ def _scale(result: Analysis, info: MeasureInfo, **colour: Any) -> alt.Scale:
     return alt.Scale(**details)
 
 
+def _baseline_layers(result: Analysis, info: MeasureInfo, data: alt.NamedData) -> list[alt.Chart]:
+    """The baselines of `info`'s measure that `result` has, for the selected token: each a dashed line, with its
+    ±1 band where it has one, named in a legend below the chart."""
+    present = {*result.measures, *result.text_measures}
+    drawn = [b for b in baselines(info.name) if b.name in present]
+    bands = {b.band for b in drawn if b.band in present}
+    lines = [b for b in drawn if b.name not in bands]
+    labels = [f"{b.title} ± 1 std" if b.band in present else b.title for b in lines]
+    colour = alt.Color(
+        "baseline:N",
+        scale=alt.Scale(domain=labels, range=list(BASELINE_COLOURS[: len(labels)])),
+        legend=alt.Legend(orient="bottom", title=None, direction="horizontal", symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=2.5),
+    )
+    x = _x(result, info, cells=False)
+    y_axis = {"title": info.unit, "scale": _scale(result, info), "axis": alt.Axis(format=info.format)}
+    layers = []
+    for baseline, label, dash in zip(lines, labels, ([6, 3], [2, 2], [8, 2, 2, 2])):
+        base = (
+            alt.Chart(data)
+            .transform_filter(f"{_IS_SELECTED} && isValid(datum.{baseline.column})")
+            .transform_calculate(baseline=json.dumps(label))
+            .encode(x=x, color=colour)
+        )
+        if baseline.band in present:
+            spread = MEASURES[baseline.band].column
+            band = base.transform_calculate(low=f"datum.{baseline.column} - datum.{spread}", high=f"datum.{baseline.column} + datum.{spread}")
+            layers.append(band.mark_area(opacity=0.14).encode(y=alt.Y("low:Q", **y_axis), y2="high:Q"))
+        tooltip = [alt.Tooltip("layer:O", title="layer"), alt.Tooltip(f"{baseline.column}:Q", title=baseline.name, format=baseline.format)]
+        layers.append(
+            base.mark_line(strokeWidth=1.6, strokeDash=dash).encode(y=alt.Y(f"{baseline.column}:Q", **y_axis), tooltip=tooltip)
+        )
+    return layers
+
+
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
-    the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
+    the hovered one in a second colour, the others muted; the measure's baselines for the selected token behind
+    them (see `_baseline_layers`). Reads the `measures` dataset."""
     info = MEASURES[measure]
     field = info.column
     y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=alt.Axis(format=info.format))
-    base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
-        x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info)
-    )
+    data = alt.NamedData(MEASURES_DATA)
+    base = alt.Chart(data).encode(x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info))
     base = base.transform_filter(f"isValid(datum.{field})")
     muted = base.mark_line(color=MUTED, strokeWidth=1.2, opacity=0.55)
     hovered = base.mark_line(color=HOVER, strokeWidth=2.5).transform_filter(f"{_IS_HOVERED} && !({_IS_SELECTED})")
@@ -207,6 +248,7 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     last = selected.transform_window(from_end="row_number()", sort=[alt.SortField("layer", order="descending")])
     last = last.transform_filter("datum.from_end == 1")
     return alt.layer(
+        *_baseline_layers(result, info, data),
         muted,
         hovered,
         selected.mark_line(color=ACCENT, strokeWidth=3),
@@ -252,7 +294,7 @@ def heatmap(result: Analysis, measure: str, key: str = TOKEN_KEY) -> alt.LayerCh
 
 
 def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
-    """The selected token (by `key`), layer by layer: its three measures, its n nearest vocabulary items with
+    """The selected token (by `key`), layer by layer: its charted measures, its n nearest vocabulary items with
     their cosines (its own entry outlined), and its own rank when it falls outside the n. Reads the `neighbours`
     dataset."""
     base = (
@@ -268,7 +310,8 @@ def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
     )
     summary = base.transform_filter("!isValid(datum.shade)").mark_rect(color="#f1f3f5", stroke="white")
     own = base.transform_filter("datum.own").mark_rect(fill=None, stroke=ACCENT, strokeWidth=2.5)
-    strong = f"datum.own || datum.order < {len(result.measures)}"
+    shown = len(result.charted)
+    strong = f"datum.own || datum.order < {shown}"
     text = base.encode(
         text="text:N", color=alt.condition("datum.shade > 0.6", alt.value("white"), alt.value("#212529"))
     )
@@ -283,7 +326,7 @@ def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
         bold,
         title=_title(f"Nearest {n} vocabulary items per layer", " (its own entry outlined)"),
         width=108 * len(result.layers),
-        height=18 * (n + len(result.measures) + 1),
+        height=18 * (n + shown + 1),
     )
 
 
@@ -299,8 +342,9 @@ def _finish(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None)
 
 
 def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevelMixin]:
-    built = {measure: trajectory_chart(result, measure) for measure in result.measures}
-    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in result.measures}
+    shown = [m.name for m in result.charted]
+    built = {measure: trajectory_chart(result, measure) for measure in shown}
+    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in shown}
     built["neighbours"] = neighbour_table(result)
     return {name: _finish(chart, result, token) for name, chart in built.items()}
 
@@ -313,8 +357,8 @@ def _attach(chart: alt.TopLevelMixin, data: dict[str, list[dict[str, Any]]]) -> 
 
 
 def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
-    """Every chart, each standalone: a line chart per measure (`cosine`, `rank`, `overlap`, …), a heatmap per
-    measure (`cosine_heatmap`, …) and `neighbours` (the table), with `token` selected."""
+    """Every chart, each standalone: a line chart per charted measure (`cosine`, `rank`, `overlap`, `zscore`, …),
+    a heatmap per charted measure (`cosine_heatmap`, …) and `neighbours` (the table), with `token` selected."""
     data = datasets(result)
     built = _charts(result, token)
     for name, chart in built.items():
@@ -330,14 +374,15 @@ def chart_specs(result: Analysis, token: int | str | None = None) -> tuple[dict[
 
 
 def figure(result: Analysis, measure: str = "all", token: int | str | None = None) -> alt.TopLevelMixin:
-    """One figure: a measure's line chart, or (`"all"`) every measure's line chart, the heatmaps and the
+    """One figure: a measure's line chart, or (`"all"`) every charted measure's line chart, the heatmaps and the
     neighbour table, with `token` selected."""
     data = datasets(result)
+    shown = [m.name for m in result.charted]
     if check_figure(measure) != "all":
-        if measure not in result.measures:
-            raise OptionError(f"this analysis has no {measure!r} measure; it has {', '.join(result.measures)}")
+        if measure not in shown:
+            raise OptionError(f"this analysis has no {measure!r} measure; it has {', '.join(shown)}")
         return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
-    lines = alt.hconcat(*(trajectory_chart(result, m) for m in result.measures), spacing=30)
-    maps = alt.hconcat(*(heatmap(result, m) for m in result.measures), spacing=40).resolve_scale(color="independent")
+    lines = alt.hconcat(*(trajectory_chart(result, m) for m in shown), spacing=30).resolve_scale(color="independent")
+    maps = alt.hconcat(*(heatmap(result, m) for m in shown), spacing=40).resolve_scale(color="independent")
     chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
     return _attach(_finish(chart, result, token), data)

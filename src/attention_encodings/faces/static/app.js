@@ -11,7 +11,7 @@
 // its fragment, so changing the query would break them.)
 
 const $ = (selector) => document.querySelector(selector);
-const SETTINGS = ["model", "tap", "reference", "top_k", "neighbours"];
+const SETTINGS = ["model", "tap", "reference", "top_k", "neighbours", "normalize", "stats"];
 const NUMBERS = new Set(["top_k", "neighbours"]);
 const VEGA_LOG_ERRORS = 1;  // vega.Error: warnings such as an empty hover layer's extent are noise here
 
@@ -56,6 +56,13 @@ function fillControls(server) {
   for (const model of server.models) option($("#model"), model.id, model.label);
   for (const tap of server.taps) option($("#tap"), tap, tap);
   for (const reference of server.references) option($("#reference"), reference, reference);
+  for (const mode of server.normalizations) option($("#normalize"), mode, mode);
+  for (const stats of server.stats) option($("#stats"), stats, stats.split("/").pop());
+  $("#normalize").value = server.defaults.normalize;
+  if (server.stats.length === 0) {
+    $("#normalize").disabled = true;
+    $("#normalize").title = "This server has no statistics to normalise with (start it with --stats FILE).";
+  }
   $("#top_k").value = server.defaults.top_k;
   $("#neighbours").value = server.defaults.neighbours;
   $("#neighbours").max = server.limits.max_neighbours;
@@ -75,7 +82,8 @@ function readURL() {
   for (const name of SETTINGS) {
     const select = $(`#${name}`);
     const value = query.get(name);
-    if (value !== null && (select.tagName !== "SELECT" || [...select.options].some((o) => o.value === value))) {
+    if (value !== null && !(name === "normalize" && select.disabled)
+        && (select.tagName !== "SELECT" || [...select.options].some((o) => o.value === value))) {
       select.value = value;
     }
   }
@@ -89,6 +97,7 @@ function readURL() {
     }
     page.pinned = runOf(pinned);
   }
+  syncStats();
   return readNumber(query, "token");
 }
 
@@ -100,7 +109,7 @@ function writeURL() {
   if (page.paired >= 0) query.set("pair", page.paired);
   if (page.pinned) {
     query.set(`${PINNED}text`, page.pinned.text);
-    for (const name of SETTINGS) query.set(`${PINNED}${name}`, page.pinned[name]);
+    for (const name of SETTINGS) if (page.pinned[name] !== undefined) query.set(`${PINNED}${name}`, page.pinned[name]);
   }
   history.replaceState(null, "", `#${query}`);
 }
@@ -109,11 +118,17 @@ function writeURL() {
 function runOf(request) {
   const run = { text: request.text };
   for (const name of SETTINGS) run[name] = request[name];
+  if (run.normalize === "none" || !run.stats) delete run.stats;  // statistics only go with a normalisation
   return run;
 }
 
 function sameRun(a, b) {
   return JSON.stringify(runOf(a)) === JSON.stringify(runOf(b));
+}
+
+// Statistics only mean something when normalising, and the server refuses them otherwise.
+function syncStats() {
+  $("#stats").disabled = $("#normalize").value === "none" || $("#stats").options.length === 0;
 }
 
 function formRequest() {
@@ -123,6 +138,7 @@ function formRequest() {
     body[name] = NUMBERS.has(name) ? Number(value) : value;
   }
   body.similarity = page.paired >= 0;
+  if (body.normalize === "none" || !body.stats) delete body.stats;
   return body;
 }
 
@@ -384,7 +400,7 @@ async function start() {
   $("#text").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); analyse(page.selected); }
   });
-  for (const name of SETTINGS) $(`#${name}`).addEventListener("change", () => analyse(page.selected));
+  for (const name of SETTINGS) $(`#${name}`).addEventListener("change", () => { syncStats(); analyse(page.selected); });
   for (const button of document.querySelectorAll("[data-download]")) {
     button.addEventListener("click", () => saveAnalysis(button.dataset.download));
   }
