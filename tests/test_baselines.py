@@ -76,6 +76,19 @@ def test_normalized_bundled_model_matches_the_definitions(bundled, stats_file, r
         assert (result.rank.values[0] == 0).all()
 
 
+def test_similarity_is_taken_on_the_normalised_vectors(tiny_roberta, stats_file):
+    """The token-to-token similarity follows the normalisation too, like every other measure."""
+    handle = load_model(str(tiny_roberta))
+    path = stats_file(handle)
+    result = analyze(SEED, handle, top_k=5, similarity=True, normalize="standardize", stats=path)
+    with np.load(path) as data:
+        mean, std = torch.tensor(data["mean"]), torch.tensor(data["std"])
+    states = (trace(handle, encode(handle, SEED)).states("resid_mid") - mean[:, None]) / std[:, None]
+    for layer, p, q in ((0, 1, 2), (2, 3, 9), (3, 0, 13)):
+        plain = torch.nn.functional.cosine_similarity(states[layer, p], states[layer, q], dim=0)
+        assert result.similarity.values[layer, p, q] == pytest.approx(float(plain), abs=1e-5)
+
+
 def test_identity_statistics_change_nothing(bundled, tmp_path):
     """Mean 0 and std 1 normalise nothing: every number equals the unnormalised analysis exactly."""
     path = tmp_path / "identity.npz"

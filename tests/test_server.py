@@ -106,7 +106,9 @@ def test_compare_draws_runs_side_by_side(client, tiny_roberta):
     runs = [{"text": SEED, "tap": "resid_mid"}, {"text": SEED, "tap": "resid_post", "similarity": True}]
     payload = client.post("/api/compare", json={"runs": runs}).json()
     assert [run["label"] for run in payload["runs"]] == ["resid_mid", "resid_post"] and payload["note"] is None
-    assert set(payload["charts"]) == {"cosine", "rank", "overlap", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "neighbours"}
+    assert set(payload["charts"]) == {
+        "cosine", "rank", "overlap", "zscore", "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "zscore_heatmap", "neighbours"
+    }
     assert {row["run"] for row in payload["datasets"]["measures"]} == {0, 1}  # no pair: run A has no similarity
     mixed = f"{SEED} Unbelievably, bananas fly."
     models = [{"text": mixed}, {"text": mixed, "model": str(tiny_roberta)}]

@@ -159,8 +159,8 @@ def _side_by_side(comparison: Comparison, draw: Callable[[Analysis], alt.LayerCh
 
 
 def _measures(comparison: Comparison) -> list[str]:
-    """The measures every run has, in run A's order."""
-    return [name for name in comparison.runs[0].measures if all(name in run.measures for run in comparison.runs)]
+    """The charted measures every run has, in run A's order (baselines stay in each run's own charts)."""
+    return [m.name for m in comparison.runs[0].charted if all(m.name in run.measures for run in comparison.runs)]
 
 
 def comparison_charts(comparison: Comparison) -> dict[str, alt.TopLevelMixin]:
