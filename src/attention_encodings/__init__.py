@@ -18,18 +18,32 @@ from ._version import __version__
 from .faces import notebook
 
 if TYPE_CHECKING:
-    from .analysis import Analysis, Neighbour, Pair, Similarity, Token, Trajectory, analyze, analyze_with
+    from .analysis import Analysis, Neighbour, Pair, Prediction, Similarity, Token, Trajectory, analyze, analyze_with
     from .catalog import MEASURES, MeasureInfo
     from .comparison import Comparison, compare
-    from .errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError, UnsupportedArchitectureError
+    from .errors import (
+        AttentionEncodingsError,
+        InputError,
+        MeasureUnavailableError,
+        ModelLoadError,
+        OptionError,
+        UnsupportedArchitectureError,
+    )
     from .models import LoadedModel, load_model
     from .names import REFERENCES, TAPS
     from .settings import Settings
 
 _EXPORTS = {
-    "analysis": ("Analysis", "Neighbour", "Pair", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
+    "analysis": ("Analysis", "Neighbour", "Pair", "Prediction", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
     "comparison": ("Comparison", "compare"),
-    "errors": ("AttentionEncodingsError", "InputError", "ModelLoadError", "OptionError", "UnsupportedArchitectureError"),
+    "errors": (
+        "AttentionEncodingsError",
+        "InputError",
+        "MeasureUnavailableError",
+        "ModelLoadError",
+        "OptionError",
+        "UnsupportedArchitectureError",
+    ),
     "catalog": ("MEASURES", "MeasureInfo"),
     "models": ("LoadedModel", "load_model"),
     "names": ("REFERENCES", "TAPS"),
@@ -47,10 +61,12 @@ __all__ = [
     "InputError",
     "LoadedModel",
     "MeasureInfo",
+    "MeasureUnavailableError",
     "ModelLoadError",
     "Neighbour",
     "OptionError",
     "Pair",
+    "Prediction",
     "Settings",
     "Similarity",
     "Token",

@@ -12,21 +12,24 @@ import json
 import os
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .catalog import MEASURES, SIMILARITY, MeasureInfo
-from .errors import InputError
+from .catalog import HEAD_MEASURES, MEASURES, SIMILARITY, MeasureInfo
+from .errors import InputError, MeasureUnavailableError
 from .metrics import (
     DEFAULT_REFERENCE,
+    HeadLens,
     Progress,
     ReferenceSpace,
     check_reference,
+    embedding_is_word,
     measure,
     reference_space,
+    scan,
     token_similarity,
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
@@ -59,6 +62,15 @@ class Neighbour:
     id: int
     text: str
     cosine: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A vocabulary item the model's output head predicts from a token's representation, with its probability."""
+
+    id: int
+    text: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -209,13 +221,36 @@ class Analysis:
     """Token-to-token cosines, when asked for (`similarity=True`); None otherwise."""
     text: str = ""
     """The text analysed (what comparisons name when runs differ in it)."""
+    head_targets: np.ndarray | None = None
+    """(T,) what the output head should predict at each token (the token itself, or the next one for a causal
+    model), -1 where nothing (after the last token); None where the model has no head."""
+    prediction_ids: np.ndarray | None = None
+    """(N+1, T, n) the head's most probable vocabulary ids, most probable first; None without a head."""
+    prediction_probabilities: np.ndarray | None = None
+    """(N+1, T, n) their probabilities (softmax over the whole vocabulary)."""
+    prediction_texts: np.ndarray | None = None
+    """(N+1, T, n) readable text of each predicted id."""
+    absent: dict[str, str] = field(default_factory=dict)
+    """Measures this model cannot give, each with the reason (head_rank where there is no output head)."""
 
     def __getattr__(self, name: str) -> Trajectory:
-        """A measure by name: `result.cosine`, `result.rank`, `result.overlap`, …"""
+        """A measure by name: `result.cosine`, `result.rank`, `result.overlap`, `result.head_rank`…"""
+        if name in MEASURES:
+            return self.measure(name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute or measure {name!r}")
+
+    def measure(self, name: str) -> Trajectory:
+        """The measure `name`, or a one-line `MeasureUnavailableError` saying why this analysis lacks it."""
         measures = self.__dict__.get("measures") or {}
         if name in measures:
             return measures[name]
-        raise AttributeError(f"{type(self).__name__!r} has no attribute or measure {name!r}")
+        why = (self.__dict__.get("absent") or {}).get(name) or f"it has {', '.join(measures)}"
+        raise MeasureUnavailableError(f"this analysis has no {name!r} measure: {why}")
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model's output head was read (head_rank and the head's predictions)."""
+        return self.prediction_ids is not None
 
     @property
     def tap(self) -> str:
@@ -243,6 +278,19 @@ class Analysis:
             )
         ]
 
+    def predictions(self, layer: int, token: int) -> list[Prediction]:
+        """The output head's most probable vocabulary items from `token`'s representation at `layer`."""
+        ids, probabilities, texts = self._predictions()
+        return [
+            Prediction(int(i), str(text), float(p))
+            for i, text, p in zip(ids[layer, token], texts[layer, token], probabilities[layer, token])
+        ]
+
+    def _predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.prediction_ids is None or self.prediction_probabilities is None or self.prediction_texts is None:
+            self.measure(HEAD_MEASURES[0])  # raises, saying why
+        return self.prediction_ids, self.prediction_probabilities, self.prediction_texts  # type: ignore[return-value]
+
     def token_matches(self, query: int | str) -> list[int]:
         """Indices of the tokens `query` names: an index, else tokens whose text matches (exactly, then
         ignoring surrounding space and case)."""
@@ -265,6 +313,11 @@ class Analysis:
             neighbour_cosines=self.neighbour_cosines[:, keep],
             neighbour_texts=self.neighbour_texts[:, keep],
             similarity=None if self.similarity is None else self.similarity.take(keep),
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[:, keep]
+                for name in ("prediction_ids", "prediction_probabilities", "prediction_texts")
+            },
+            head_targets=None if self.head_targets is None else self.head_targets[keep],
         )
 
     def pair(self, first: int | str, second: int | str) -> Pair:
@@ -296,19 +349,29 @@ class Analysis:
 
     def neighbours_frame(self) -> pd.DataFrame:
         """Tidy table of neighbours: one row per (token, layer, neighbour)."""
+        return self._items_frame("neighbour", self.neighbour_ids, self.neighbour_texts, "cosine", self.neighbour_cosines)
+
+    def predictions_frame(self) -> pd.DataFrame:
+        """Tidy table of the output head's predictions: one row per (token, layer, prediction), most probable
+        first."""
+        ids, probabilities, texts = self._predictions()
+        return self._items_frame("prediction", ids, texts, "probability", probabilities)
+
+    def _items_frame(self, item: str, ids: np.ndarray, texts: np.ndarray, score: str, scores: np.ndarray) -> pd.DataFrame:
+        """One row per (token, layer, item) of a ranked list of vocabulary items."""
         import pandas as pd
 
-        layers, tokens, n = self.neighbour_ids.shape
+        layers, tokens, n = ids.shape
         layer, token, place = np.meshgrid(np.arange(layers), np.arange(tokens), np.arange(n), indexing="ij")
         index = np.array([t.index for t in self.tokens])
         return pd.DataFrame(
             {
                 "token_index": index[token.reshape(-1)],
                 "layer": layer.reshape(-1),
-                "neighbour": place.reshape(-1) + 1,
-                "neighbour_id": self.neighbour_ids.reshape(-1),
-                "neighbour_text": self.neighbour_texts.reshape(-1),
-                "cosine": self.neighbour_cosines.reshape(-1),
+                item: place.reshape(-1) + 1,
+                f"{item}_id": ids.reshape(-1),
+                f"{item}_text": texts.reshape(-1),
+                score: scores.reshape(-1),
             }
         )
 
@@ -321,9 +384,14 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract: model, tap, reference, top_k, tokens, layers, every measure ([layer][token]),
-        neighbours and, when asked for, similarity ([layer][token][every token of the text])."""
+        neighbours and, when asked for, similarity ([layer][token][every token of the text]), and, where the model
+        has an output head, its predictions."""
         layers, tokens, _ = self.neighbour_ids.shape
         extra = {} if self.similarity is None else {"similarity": self.similarity.values.tolist()}
+        if self.has_head:
+            extra["predictions"] = [
+                [[p.__dict__ for p in self.predictions(layer, token)] for token in range(tokens)] for layer in range(layers)
+            ]
         return {
             "model": self.model,
             "tap": self.tap,
@@ -355,6 +423,47 @@ def reference_for(handle: LoadedModel, name: str) -> ReferenceSpace:
         if name not in spaces:
             spaces[name] = reference_space(name, handle.adapter.embedding_parts(handle.model))
         return spaces[name]
+
+
+_heads: weakref.WeakKeyDictionary[Any, HeadLens | None] = weakref.WeakKeyDictionary()
+
+
+def head_lens_for(handle: LoadedModel) -> HeadLens | None:
+    """The model's output head as a lens, built once per model; None where the loaded model has no head."""
+    with handle.lock:
+        if handle.model not in _heads:
+            head = handle.adapter.head(handle.model)
+            vocab = handle.model.get_output_embeddings().weight.shape[0] if head is not None else 0
+            _heads[handle.model] = None if head is None else HeadLens(head, int(vocab))
+        return _heads[handle.model]
+
+
+def head_targets(handle: LoadedModel, encodings: Sequence[Encoding]) -> torch.Tensor:
+    """(ΣT,) what the head should predict at each packed token: the token itself (masked LM) or the next token
+    of the same text (causal LM), -1 after each text's last token."""
+    if handle.adapter.objective == "masked":
+        return torch.cat([e.input_ids for e in encodings])
+    end = torch.full((1,), -1, dtype=torch.long, device=handle.device)
+    return torch.cat([torch.cat((e.input_ids[1:], end)) for e in encodings])
+
+
+def model_notes(handle: LoadedModel) -> tuple[str, ...]:
+    """What a reader of this model's numbers should know about the model: said on its model line (command
+    line, page) beside the reason it is in use."""
+    notes = []
+    if embedding_is_word(handle.adapter.embedding_parts(handle.model)):
+        notes.append("the embedding reference equals word here (no absolute positions or embedding norm)")
+    if head_lens_for(handle) is None:
+        notes.append(missing_head(handle))
+    return tuple(notes)
+
+
+def missing_head(handle: LoadedModel) -> str:
+    """Why the head measures are absent for a model loaded without an output head."""
+    return (
+        f"{handle.label} has no output head (it loads as {type(handle.model).__name__}), "
+        f"so {', '.join(HEAD_MEASURES)} and the head's predictions are absent"
+    )
 
 
 def _check_at_most_vocabulary(settings: Settings, handle: LoadedModel) -> None:
@@ -425,6 +534,12 @@ class Measured:
     """(N+1, ΣT, n)."""
     similarity: tuple[torch.Tensor, ...] | None = None
     """Per encoding, (N+1, T, T) token-to-token cosines, when `settings.similarity` asks for them."""
+    head_targets: torch.Tensor | None = None
+    """(ΣT,) the head's target at each token, -1 for none; None where the model has no output head."""
+    prediction_ids: torch.Tensor | None = None
+    """(N+1, ΣT, n) the head's most probable ids, most probable first; None without a head."""
+    prediction_probabilities: torch.Tensor | None = None
+    """(N+1, ΣT, n)."""
 
     def tokens_of(self, item: int) -> slice:
         """Where encoding `item`'s tokens sit along the packed axis."""
@@ -436,27 +551,49 @@ def measure_texts(
     handle: LoadedModel, settings: Settings, encodings: Sequence[Encoding], *, progress: Progress | None = None
 ) -> Measured:
     """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token: the one
-    computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the face that asks."""
+    computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the face that asks.
+
+    Where the model has an output head, a second scan reads the same states through it (the head lens):
+    head_rank and the head's `neighbours` most probable items."""
     _check_at_most_vocabulary(settings, handle)
     space = reference_for(handle, settings.reference)
+    lens = head_lens_for(handle)
     traced = trace(handle, encodings, taps=(settings.tap,))
     states = traced.packed(settings.tap)
     adapter = handle.adapter
     offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in encodings])
     token_ids = torch.cat([e.input_ids for e in encodings])
+    passes = 1 if lens is None else 2
+
+    def part(first: int) -> Progress | None:
+        """Progress through this pass, reported as a share of all passes."""
+        return None if progress is None else lambda done, total: progress(first * total + done, passes * total)
+
     result = measure(
-        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
+        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=part(0)
     )
     values = {"cosine": result.cosine, "rank": result.rank, "overlap": result.overlap}
     similarity = None
     if settings.similarity:  # text by text, so memory is the T × T of each text, never of the padded batch
         similarity = tuple(token_similarity(traced.states(settings.tap, item)).cpu() for item in range(len(encodings)))
+    head: dict[str, torch.Tensor] = {}
+    if lens is not None:
+        targets = head_targets(handle, encodings)
+        n = settings.neighbours
+        found = scan(states, targets, offsets, lens, keep=max(n, 1), log_partition=True, progress=part(1))
+        values["head_rank"] = found.rank
+        head = {
+            "head_targets": targets,
+            "prediction_ids": found.top_ids[..., :n],
+            "prediction_probabilities": (found.top_values[..., :n] - found.log_partition[..., None]).exp(),
+        }
     return Measured(
         encodings=tuple(encodings),
         values={name: values[name].cpu() for name in MEASURES if name in values},
         neighbour_ids=result.neighbour_ids.cpu(),
         neighbour_cosines=result.neighbour_cosines.cpu(),
         similarity=similarity,
+        **{name: tensor.cpu() for name, tensor in head.items()},
     )
 
 
@@ -475,9 +612,16 @@ def analyze_with(
         for index, (token_id, text) in enumerate(zip(ids, handle.token_texts(ids)))
     )
     neighbour_ids = measured.neighbour_ids.numpy()
-    unique = np.unique(neighbour_ids)
-    texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
     layers = tuple(range(neighbour_ids.shape[0]))
+    head: dict[str, np.ndarray | None] = {}
+    if measured.prediction_ids is not None and measured.prediction_probabilities is not None:
+        head = {
+            "head_targets": measured.head_targets.numpy() if measured.head_targets is not None else None,
+            "prediction_ids": measured.prediction_ids.numpy(),
+            "prediction_probabilities": measured.prediction_probabilities.numpy(),
+            "prediction_texts": texts_of(handle, measured.prediction_ids.numpy()),
+        }
+    absent = {} if head else {name: missing_head(handle) for name in HEAD_MEASURES}
     return Analysis(
         model=handle.name,
         model_label=handle.label,
@@ -490,9 +634,18 @@ def analyze_with(
         },
         neighbour_ids=neighbour_ids,
         neighbour_cosines=measured.neighbour_cosines.numpy(),
-        neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],
+        neighbour_texts=texts_of(handle, neighbour_ids),
         dropped=encoding.dropped,
         similarity=None if measured.similarity is None else Similarity(tokens, tokens, measured.similarity[0].numpy()),
         text=text,
+        absent=absent,
+        **head,
     )
+
+
+def texts_of(handle: LoadedModel, ids: np.ndarray) -> np.ndarray:
+    """The readable text of every vocabulary id in `ids`, in its shape (each distinct id decoded once)."""
+    unique = np.unique(ids)
+    texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
+    return texts[np.searchsorted(unique, ids)]
 

@@ -23,8 +23,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ..catalog import MEASURES, SIMILARITY
-from ..errors import AttentionEncodingsError, InputError, OptionError
-from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES
+from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
+from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES, SMOLLM2_ALIAS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options, runs
 
 if TYPE_CHECKING:
@@ -110,14 +110,24 @@ def token_table(result: Analysis) -> Table:
         columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
     widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
     table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
+    items = ["nearest vocabulary items"] + (["head's predictions"] if result.has_head else [])
     for (header, cells), width in zip(columns.items(), widths):
         table.add_column(header, justify="right", no_wrap=True, min_width=width)
     room = max(12, TOKEN_TABLE_WIDTH - sum(width + 3 for width in widths) - 4)  # each column: padding and a border
-    table.add_column("nearest vocabulary items", justify="left", no_wrap=True, overflow="ellipsis", max_width=room)
+    for header in items:
+        share = max(12, (room - 3 * (len(items) - 1)) // len(items))
+        table.add_column(header, justify="left", no_wrap=True, overflow="ellipsis", max_width=share)
     for layer in result.layers:
-        nearest = ", ".join(f"{n.text.strip() or n.text!r} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])
-        table.add_row(*(cells[layer] for cells in columns.values()), nearest)
+        texts = [", ".join(f"{_quoted(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
+        if result.has_head:
+            texts.append(", ".join(f"{_quoted(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
+        table.add_row(*(cells[layer] for cells in columns.values()), *texts)
     return table
+
+
+def _quoted(text: str) -> str:
+    """A vocabulary item in a table: quoted, without the spaces around it unless it is only space."""
+    return repr(text.strip() or text)
 
 
 def similarity_table(result: Analysis) -> Table:
@@ -229,7 +239,8 @@ def run_analysis(source: str, settings: Settings) -> Analysis:
     used = set_threads(settings.threads)
     handle = load_for(settings)
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
-    typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
+    notes = "".join(f"; {note}" for note in model_notes(handle))
+    typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}{notes}", err=True)
     with progress_bar("measuring") as progress:
         result = analyze_with(settings, source, handle, progress=progress)
     if result.dropped:
@@ -356,9 +367,10 @@ def serve_command(
 
 @app.command("models")
 def models_command() -> None:
-    """List the supported families, the bundled model and the models in the local HF cache."""
+    """List the supported families, the bundled models and the models in the local HF cache."""
     from ..models import ADAPTERS, bundled_model_dir, cached_models, usable_cpus
     from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
+    from ..models.smollm2 import SMOLLM2_DISTRIBUTION, SMOLLM2_SHA256, smollm2_cache, smollm2_gguf
 
     families = Table(title="supported architecture families", title_justify="left", title_style="bold")
     for header in ("family", "model_type", "examples"):
@@ -370,7 +382,17 @@ def models_command() -> None:
     weights = folder / BUNDLED_WEIGHTS
     check = "missing" if not weights.is_file() else ("ok" if sha256_of(weights) == BUNDLED_SHA256 else "MISMATCH")
     typer.echo(f"\nbundled offline model: all-MiniLM-L6-v2 from {BUNDLED_DISTRIBUTION} (use --model {BUNDLED_ALIAS})")
-    typer.echo(f"  path: {folder}\n  sha256 check: {check}\n")
+    typer.echo(f"  path: {folder}\n  sha256 check: {check}")
+    typer.echo(f"\noffline decoder: SmolLM2-135M-Instruct (4-bit GGUF) from {SMOLLM2_DISTRIBUTION} (use --model {SMOLLM2_ALIAS})")
+    try:
+        gguf = smollm2_gguf()
+        check = "ok" if sha256_of(gguf) == SMOLLM2_SHA256 else "MISMATCH"
+        typer.echo(f"  path: {gguf}\n  sha256 check: {check}")
+    except ModelLoadError as error:
+        typer.echo(f"  {error}")
+    cache = smollm2_cache()
+    state = "present" if cache.is_dir() else "not made yet (the first use dequantises the GGUF, about 25 s)"
+    typer.echo(f"  dequantised cache: {cache} ({state})\n")
     cached = Table(title="models in the local Hugging Face cache", title_justify="left", title_style="bold")
     for header in ("repo id", "model_type", "supported family", "size"):
         cached.add_column(header)

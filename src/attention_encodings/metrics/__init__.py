@@ -2,7 +2,7 @@
 (their definitions for people are in `catalog`)."""
 
 from ..names import DEFAULT_REFERENCE, REFERENCES
-from .lens import ROW_FLOATS, Lens, padded_rows
+from .lens import ROW_FLOATS, HeadLens, Lens, padded_rows
 from .measures import DEFAULT_CHUNK_BYTES, Measures, Progress, Scan, blocked_top_k, measure, scan, top_k_overlap
 from .reference import (
     EmbeddingReference,
@@ -21,6 +21,7 @@ __all__ = [
     "ROW_FLOATS",
     "SIMILARITY",
     "EmbeddingReference",
+    "HeadLens",
     "Lens",
     "Measures",
     "Progress",

@@ -1,6 +1,6 @@
 """Views: the charts of an analysis as Vega-Lite specs, and their export to PNG, SVG, PDF and HTML."""
 
-from .charts import FIGURES, HOVERED, SELECTED, chart_specs, charts, check_figure, datasets, default_token, figure
+from .charts import FIGURES, HOVERED, SELECTED, TABLES, chart_specs, charts, check_figure, datasets, default_token, figure
 from .compare import (
     PAIRED,
     comparison_charts,
@@ -19,6 +19,7 @@ __all__ = [
     "HOVERED",
     "PAIRED",
     "SELECTED",
+    "TABLES",
     "chart_specs",
     "charts",
     "check_figure",
