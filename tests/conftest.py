@@ -221,7 +221,7 @@ def live_server(models: list[str]) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_roberta: Path) -> Iterator[LiveServer]:
-    """One live server for the session, allowed the bundled model (its default) and the tiny RoBERTa."""
-    with live_server(["bundled", str(tiny_roberta)]) as running:
+def server(tiny_roberta: Path, smollm2) -> Iterator[LiveServer]:
+    """One live server for the session, allowed the bundled model (its default), the tiny RoBERTa and SmolLM2."""
+    with live_server(["bundled", str(tiny_roberta), "smollm2"]) as running:
         yield running
