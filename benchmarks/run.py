@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel, RobertaTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from attention_encodings import analyze, load_model
+from attention_encodings import ModelLoadError, analyze, load_model
 from attention_encodings.metrics import padded_rows
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
 from attention_encodings.trace import encode, trace
@@ -108,8 +108,9 @@ def build_tokenizer(folder: Path, vocab: int) -> RobertaTokenizerFast:
     return tokenizer
 
 
-def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
-    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse."""
+def random_model(shape: Shape, folder: Path, device: str, head: bool = False) -> LoadedModel:
+    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse; with `head`, a
+    RobertaForMaskedLM (its MLM head tied to the word embeddings)."""
     tokenizer = build_tokenizer(folder, shape.vocab)
     config = RobertaConfig(
         vocab_size=shape.vocab,
@@ -123,7 +124,7 @@ def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = RobertaModel(config).eval().to(resolve_device(device))
+    model = (RobertaForMaskedLM if head else RobertaModel)(config).eval().to(resolve_device(device))
     label, reason = f"{shape.name} (random weights)", "built by the benchmark"
     return LoadedModel(shape.name, label, reason, str(folder), model, tokenizer, adapter_for(config))
 
@@ -409,6 +410,34 @@ def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naiv
     figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
 
 
+def head_lens_cost(shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 7: what the output-head lens adds (head_rank, and the head's predictions with their probabilities):
+    warm `analyze()` on a model with its head against the same weights without it, on a roberta-base-shaped
+    RobertaForMaskedLM at the seed sentence and the long input, and on SmolLM2 (30 layers, vocabulary 49,152)
+    at the seed sentence where it is installed."""
+    with tempfile.TemporaryDirectory() as folder:
+        masked = random_model(shape, Path(folder), device, head=True)
+    cases = [(masked, "seed sentence", SEED), (masked, "long input", long_text(shape.long_tokens))]
+    if shape.bundled:
+        try:
+            decoder = load_model("smollm2", device=device)
+            cases.append((decoder, "seed sentence", SEED))
+        except ModelLoadError as error:
+            print(f"7. head lens on SmolLM2: skipped ({error})")
+    for handle, name, text in cases:
+        headless = replace(handle, model=handle.model.base_model, texts={})
+        runs = {"head": partial(analyze, text, handle, truncate=True), "none": partial(analyze, text, headless, truncate=True)}
+        seconds = timed_together(runs, shape.repeats, handle.device)
+        tokens = len(encode(handle, text, truncate=True).input_ids)
+        model, case = label(handle).split(",")[0], f"7. head lens, {name} ({tokens} tokens)"
+        figures.append(Figure(f"{case}: analysis without the head", model, seconds["none"] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: analysis with the head", model, seconds["head"] * 1e3, "ms"))
+        added = seconds["head"] - seconds["none"]
+        detail = "a second scan: the head on every tapped vector, top-n, rank, logsumexp"
+        figures.append(Figure(f"{case}: the head lens adds", model, added * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: with / without", model, seconds["head"] / seconds["none"], "×"))
+
+
 def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`), side by
     side with the minimal script (alternating runs, so both see the same machine); and `--help`."""
@@ -479,6 +508,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (as in the CLI)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable core, as the CLI)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    parser.add_argument("--head-only", action="store_true", help="run only case 7, the cost of the output-head lens")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
@@ -492,6 +522,10 @@ def main() -> None:
         rss_child(chosen, args.rss_child, args.device)
         return
     figures: list[Figure] = []
+    if args.head_only:
+        head_lens_cost(shape, figures, args.device)
+        print(report(figures, [], machine()))
+        return
     with tempfile.TemporaryDirectory() as folder:
         handle = random_model(shape, Path(folder), args.device)
     models = [handle] + ([load_model(BUNDLED, device=args.device)] if shape.bundled else [])
@@ -504,6 +538,7 @@ def main() -> None:
         cli_cold_starts(sources, shape, figures, args.device)
         figures += web_latency(sources, shape)
     memory(shape, figures, args.device)
+    head_lens_cost(shape, figures, args.device)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

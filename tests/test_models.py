@@ -152,7 +152,8 @@ def test_smollm2_loads_from_its_cache_without_importing_its_package(smollm2, tmp
 
     assert smollm2.adapter.family.startswith("Llama") and smollm2.num_layers == 30 and smollm2.vocab_size == 49152
     assert smollm2.label == "SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF"
-    assert smollm2.name == str(smollm2_cache()) and smollm2_cache().parent == Path(os.environ["ATTENTION_ENCODINGS_CACHE"])
+    assert smollm2.name == "smollm2" and smollm2.source == str(smollm2_cache())
+    assert smollm2_cache().parent == Path(os.environ["ATTENTION_ENCODINGS_CACHE"])
     assert smollm2.model.config.tie_word_embeddings and smollm2.model.lm_head.weight is smollm2.model.model.embed_tokens.weight
     code = (
         "import sys, torch\n"

@@ -232,8 +232,9 @@ def with_settings(
 
 
 def run_analysis(source: str, settings: Settings) -> Analysis:
-    """Load the model (saying which, why and where on stderr) and analyse `source`, with a progress bar."""
-    from ..analysis import analyze_with, load_for
+    """Load the model (saying which, why and where on stderr, and what to know about it) and analyse `source`,
+    with a progress bar."""
+    from ..analysis import analyze_with, load_for, model_notes
     from ..models import set_threads
 
     used = set_threads(settings.threads)

@@ -218,12 +218,20 @@ def _scale(result: Analysis, info: MeasureInfo, **colour: Any) -> alt.Scale:
     return alt.Scale(**details)
 
 
+def _powers_of_ten(result: Analysis, measure: str) -> list[int]:
+    """Ticks for a symlog axis of counts: 0, 1, 10, 100, … up to the measure's largest value (Vega's own ticks on a
+    symlog scale are evenly spaced, so a rank axis would show only 0 and the tens of thousands)."""
+    largest = int(np.max(result.measure(measure).values, initial=1))
+    return [0] + [10**power for power in range(len(str(max(largest, 1))))]
+
+
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
     the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
     info = MEASURES[measure]
     field = info.column
-    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=alt.Axis(format=info.format))
+    axis = alt.Axis(format=info.format, values=_powers_of_ten(result, measure) if info.scale == "symlog" else alt.Undefined)
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=axis)
     base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
         x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info)
     )
