@@ -183,3 +183,22 @@ def test_the_log_partition_is_chunked_exactly(tiny_dirs, per_chunk):
     logits = lens.scores(states.transpose(0, 1), offsets).transpose(0, 1)
     assert torch.allclose(whole.log_partition, torch.logsumexp(logits, dim=-1), atol=1e-5)
     assert scan(states, targets, offsets, lens, keep=5).log_partition is None
+
+
+def test_comparisons_carry_the_head_lens_only_where_every_run_has_one(smollm2, bundled):
+    """Runs side by side: two taps of SmolLM2 overlay their head_rank and put their predictions side by side; with
+    the bundled model (no head) beside it, neither is drawn, and asking for head_rank says why in one line."""
+    from attention_encodings import compare
+    from attention_encodings.views import comparison_charts, comparison_datasets, overlay_figure
+
+    taps = compare([analyze(SHORT, smollm2, neighbours=3), analyze(SHORT, smollm2, tap="resid_post", neighbours=3)])
+    built = comparison_charts(taps)
+    assert {"head_rank", "head_rank_heatmap", "predictions"} <= set(built)
+    rows = comparison_datasets(taps)["predictions"]
+    assert {row["run"] for row in rows} == {0, 1} and all("key" in row for row in rows)
+    overlay_figure(taps, "head_rank", 1).to_dict()
+    mixed = compare([analyze(SHORT, smollm2, neighbours=3), analyze(SHORT, bundled, neighbours=3)])
+    built = comparison_charts(mixed)
+    assert "head_rank" not in built and "predictions" not in built and "predictions" not in comparison_datasets(mixed)
+    with pytest.raises(MeasureUnavailableError, match=r"all-MiniLM-L6-v2 \(bundled\) has no output head"):
+        overlay_figure(mixed, "head_rank")

@@ -295,6 +295,11 @@ def test_charts_name_the_tables_each_model_has(smollm2):
     assert decoder["tables"] == ["neighbours", "predictions"] and {"predictions", "head_rank_heatmap"} <= set(decoder["charts"])
     encoder = client.post("/api/charts", json={"text": "Fruit flies."}).json()
     assert encoder["tables"] == ["neighbours"] and "predictions" not in encoder["charts"] and "predictions" not in encoder["datasets"]
+    runs = [{"text": "Fruit flies.", "model": "smollm2"}, {"text": "Fruit flies.", "model": "bundled"}]
+    mixed = client.post("/api/compare", json={"runs": runs}).json()
+    assert mixed["measures"] == ["cosine", "rank", "overlap"] and mixed["tables"] == ["neighbours"]
+    both = client.post("/api/compare", json={"runs": [runs[0], {**runs[0], "tap": "resid_post"}]}).json()
+    assert both["measures"][-1] == "head_rank" and both["tables"] == ["neighbours", "predictions"]
     frame = pd.read_csv(io.StringIO(client.post("/api/analyze/csv", json={"text": "Fruit flies.", "model": "smollm2"}).text))
     assert frame.head_rank.isna().sum() == 31  # the last token, at every layer, has nothing to predict
 

@@ -218,11 +218,13 @@ def _scale(result: Analysis, info: MeasureInfo, **colour: Any) -> alt.Scale:
     return alt.Scale(**details)
 
 
-def _powers_of_ten(result: Analysis, measure: str) -> list[int]:
-    """Ticks for a symlog axis of counts: 0, 1, 10, 100, … up to the measure's largest value (Vega's own ticks on a
-    symlog scale are evenly spaced, so a rank axis would show only 0 and the tens of thousands)."""
-    largest = int(np.max(result.measure(measure).values, initial=1))
-    return [0] + [10**power for power in range(len(str(max(largest, 1))))]
+def measure_axis(info: MeasureInfo, largest: float) -> alt.Axis:
+    """A measure's value axis: its number format and, on a symlog scale, ticks at 0, 1, 10, 100, … up to `largest`
+    (Vega's own ticks on a symlog scale are evenly spaced, so a rank axis would show only 0 and the tens of
+    thousands)."""
+    if info.scale != "symlog":
+        return alt.Axis(format=info.format)
+    return alt.Axis(format=info.format, values=[0] + [10**power for power in range(len(str(max(int(largest), 1))))])
 
 
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
@@ -230,7 +232,7 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     the hovered one in a second colour, the others muted. Reads the `measures` dataset."""
     info = MEASURES[measure]
     field = info.column
-    axis = alt.Axis(format=info.format, values=_powers_of_ten(result, measure) if info.scale == "symlog" else alt.Undefined)
+    axis = measure_axis(info, np.max(result.measure(measure).values, initial=1))
     y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=axis)
     base = alt.Chart(alt.NamedData(MEASURES_DATA)).encode(
         x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info)
