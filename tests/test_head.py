@@ -202,3 +202,15 @@ def test_comparisons_carry_the_head_lens_only_where_every_run_has_one(smollm2, b
     assert "head_rank" not in built and "predictions" not in built and "predictions" not in comparison_datasets(mixed)
     with pytest.raises(MeasureUnavailableError, match=r"all-MiniLM-L6-v2 \(bundled\) has no output head"):
         overlay_figure(mixed, "head_rank")
+
+
+def test_item_tables_when_every_target_is_among_the_items(tiny_dirs):
+    """With as many items as the vocabulary, no target falls outside them: the tables have no `own`/`target`
+    rows, and building them still works (an empty column of numbers once broke the text join)."""
+    from attention_encodings.views.charts import neighbour_data, prediction_data
+
+    handle = load_model(str(tiny_dirs["gpt2"]))
+    result = analyze("Fruit flies.", handle, top_k=10, neighbours=handle.vocab_size)
+    assert not (neighbour_data(result).row == "own").any()
+    assert not (prediction_data(result).row == "target").any()
+    assert prediction_data(result).own.sum() == (result.head_targets >= 0).sum() * len(result.layers)

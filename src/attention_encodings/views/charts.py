@@ -136,10 +136,10 @@ def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank
     n = result.neighbour_ids.shape[2]
     outside = frame[(frame[rank] >= n).fillna(False)]
     names = {t.id: readable(t.text) for t in result.tokens}
-    target_text = pd.Series(targets[outside.token_index.map(position).to_numpy()], index=outside.index).map(names)
-    own_text = target_text + "  #" + outside[rank].map(str)
+    target = pd.Series(targets[outside.token_index.map(position).to_numpy()], index=outside.index, dtype=object)
+    own_text = target.map(names) + "  #" + outside[rank].map(str).astype(object)
     if rank == "rank":
-        own_text += "  " + outside.cosine.map("{:.2f}".format)
+        own_text = own_text + "  " + outside.cosine.map("{:.2f}".format).astype(object)
     summary = [
         (f"{m.name}→next" if m.info.steps else m.name, order, frame[m.info.column].map(partial(_printed, m.info.format)), frame)
         for order, m in enumerate(result.measures.values())
