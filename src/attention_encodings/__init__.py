@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .analysis import Analysis, Neighbour, Pair, Similarity, Token, Trajectory, analyze, analyze_with
     from .catalog import MEASURES, MeasureInfo
     from .comparison import Comparison, compare
+    from .corpus import CorpusAnalysis, analyze_corpus
     from .errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError, UnsupportedArchitectureError
     from .models import LoadedModel, load_model
     from .names import REFERENCES, TAPS
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "analysis": ("Analysis", "Neighbour", "Pair", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
     "comparison": ("Comparison", "compare"),
+    "corpus": ("CorpusAnalysis", "analyze_corpus"),
     "errors": ("AttentionEncodingsError", "InputError", "ModelLoadError", "OptionError", "UnsupportedArchitectureError"),
     "catalog": ("MEASURES", "MeasureInfo"),
     "models": ("LoadedModel", "load_model"),
@@ -37,6 +39,7 @@ _EXPORTS = {
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
+
 __all__ = [
     "MEASURES",
     "REFERENCES",
@@ -44,6 +47,7 @@ __all__ = [
     "Analysis",
     "AttentionEncodingsError",
     "Comparison",
+    "CorpusAnalysis",
     "InputError",
     "LoadedModel",
     "MeasureInfo",
@@ -58,6 +62,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "analyze",
+    "analyze_corpus",
     "analyze_with",
     "compare",
     "load_model",
