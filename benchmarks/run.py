@@ -41,8 +41,8 @@ from attention_encodings import Settings, analyze, analyze_corpus, load_model
 from attention_encodings.corpus.engine import plan
 from attention_encodings.corpus.sources import read_source
 from attention_encodings.metrics import padded_rows
-from attention_encodings.names import DEFAULT_BATCH_TOKENS
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
+from attention_encodings.names import DEFAULT_BATCH_TOKENS
 from attention_encodings.trace import encode, trace
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,13 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SEED, TINY_MAX_POSITIONS, subprocess_env
 
 from attention_encodings import InputError, OptionError, analyze, analyze_corpus, load_model
 from attention_encodings.corpus import sample_path
 from attention_encodings.corpus.sources import Word, _split, read_source
 from attention_encodings.corpus.words import CONTENT, FUNCTION, token_words
 from attention_encodings.trace import encode, trace
+from conftest import SEED, TINY_MAX_POSITIONS, subprocess_env
 
 HANDMADE = """# sent_id = handmade-1
 # text = They didn't go to the area.

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CORPUS, SEED, run_cli, run_python
 from test_corpus import HANDMADE
 
 from attention_encodings import analyze_corpus, load_model
 from attention_encodings.faces.cli import main
+from conftest import CORPUS, SEED, run_cli, run_python
 
 TEXTS = [*CORPUS[:3], "Fruit flies like a banana.", "Time is an illusion.", SEED + " Lunchtime doubly so."] * 4
 

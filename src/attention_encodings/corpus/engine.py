@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 
 from ..analysis import Trajectory, load_for, measure_texts
-from ..errors import InputError, OptionError
 from ..catalog import MEASURES
+from ..errors import InputError, OptionError
 from ..metrics.similarity import unit
 from ..models import LoadedModel, set_threads, usable_cpus
-from ..names import CORPUS_ENGINES, DEFAULT_BATCH_TOKENS
+from ..names import CORPUS_ENGINES
 from ..settings import Settings
 from ..trace import encode
 from . import words as word_classes
