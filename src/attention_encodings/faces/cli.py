@@ -1,4 +1,4 @@
-"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, `serve` the web page, list `models`.
+"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, measure a `corpus`, `serve` the web page, list `models`.
 
 Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
 1 for a bad input or a model that cannot be loaded, 2 for a malformed command line or option value.
