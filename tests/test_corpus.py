@@ -86,10 +86,25 @@ def test_gold_parts_of_speech_with_multiword_tokens_and_no_space(bundled_run):
     tokens = bundled_run.tokens()
     first = tokens[(tokens.text_index == 0) & (tokens.layer == 0)]
     assert bundled_run.texts().sent_id[0] == "handmade-1"
-    pairs = list(zip(first.token, first.upos.astype(object).where(first.upos.notna(), None), first.word_index.astype(object).where(first.word_index.notna(), None)))
+    pairs = list(
+        zip(
+            first.token,
+            first.upos.astype(object).where(first.upos.notna(), None),
+            first.word_index.astype(object).where(first.word_index.notna(), None),
+        )
+    )
     assert pairs == [
-        ("[CLS]", None, None), ("they", "PRON", 0), ("didn", "AUX", 1), ("'", "PART", 2), ("t", "PART", 2),
-        ("go", "VERB", 3), ("to", "ADP", 4), ("the", "DET", 5), ("area", "NOUN", 6), (".", "PUNCT", 7), ("[SEP]", None, None),
+        ("[CLS]", None, None),
+        ("they", "PRON", 0),
+        ("didn", "AUX", 1),
+        ("'", "PART", 2),
+        ("t", "PART", 2),
+        ("go", "VERB", 3),
+        ("to", "ADP", 4),
+        ("the", "DET", 5),
+        ("area", "NOUN", 6),
+        (".", "PUNCT", 7),
+        ("[SEP]", None, None),
     ]
     assert bundled_run.manifest["word_classes"] == "gold UPOS (CoNLL-U)"
 
@@ -107,8 +122,13 @@ def test_summary_matches_pandas(bundled_run):
     tokens, summary = bundled_run.tokens(), bundled_run.summary()
     assert list(summary.columns) == ["group", "layer", "measure", "n", "mean", "std", "q10", "q25", "median", "q75", "q90"]
     words = tokens[~tokens.special]
-    groups = {"all": words, "special": tokens[tokens.special], "NOUN": words[words.upos == "NOUN"],
-              "function": words[words.upos.isin(FUNCTION)], "content": words[words.upos.isin(CONTENT)]}
+    groups = {
+        "all": words,
+        "special": tokens[tokens.special],
+        "NOUN": words[words.upos == "NOUN"],
+        "function": words[words.upos.isin(FUNCTION)],
+        "content": words[words.upos.isin(CONTENT)],
+    }
     for group, rows in groups.items():
         for measure in ("cosine", "rank", "overlap_next"):
             for layer, part in rows.groupby("layer"):
@@ -125,7 +145,7 @@ def test_summary_matches_pandas(bundled_run):
                     assert row[name] == pytest.approx(values.quantile(q), abs=1e-6)
     order = summary.group.drop_duplicates().tolist()
     assert order[:3] == ["all", "function", "content"] and order[-1] == "special"
-    assert (summary.to_csv(index=False) == (bundled_run.path / "summary.csv").read_text())
+    assert summary.to_csv(index=False) == (bundled_run.path / "summary.csv").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +218,12 @@ def test_jsonl_and_parquet_records(tmp_path, tiny):
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
     texts = analyze_corpus(tmp_path / "a.jsonl", tmp_path / "j", tiny, top_k=5, text_field="body").texts()
     assert texts.status.tolist() == ["ok"] + ["skipped"] * 4
-    assert texts.reason.tolist()[1:] == ["not valid JSON (Expecting property name enclosed in double quotes at column 2)",
-                                         "no field 'body'", "field 'body' is int, not a string", "a JSON list, not an object"]
+    assert texts.reason.tolist()[1:] == [
+        "not valid JSON (Expecting property name enclosed in double quotes at column 2)",
+        "no field 'body'",
+        "field 'body' is int, not a string",
+        "a JSON list, not an object",
+    ]
     with pytest.raises(InputError, match="no record has the field 'text'"):
         analyze_corpus(tmp_path / "a.jsonl", tmp_path / "j2", tiny)
     pq.write_table(pa.table({"sentence": [SEED, None, "Time flies."], "n": [1, 2, 3]}), tmp_path / "b.parquet")
@@ -219,7 +243,9 @@ def test_python_iterables_and_plain_text_without_spacy(tmp_path, tiny, monkeypat
     from attention_encodings.corpus import run_corpus
     from attention_encodings.settings import Settings
 
-    result = run_corpus(Settings(top_k=5, neighbours=0), [SEED, "", 3, "Time flies."], tmp_path / "it", tiny, on_note=notes.append)
+    result = run_corpus(
+        Settings(top_k=5, neighbours=0), [SEED, "", 3, "Time flies."], tmp_path / "it", tiny, on_note=notes.append
+    )
     assert result.texts().status.tolist() == ["ok", "skipped", "skipped", "ok"]
     assert result.texts().reason[2] == "not a string but int"
     assert set(result.summary().group) == {"all", "special"} and result.tokens().upos.isna().all()
@@ -283,10 +309,26 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
     was never interrupted."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(RESUME_TEXTS) + "\n")
-    command = [sys.executable, "-m", "attention_encodings", "corpus", str(corpus), "--model", str(tiny_roberta),
-               "--top-k", "5", "--batch-tokens", "40", "--threads", "1", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "attention_encodings",
+        "corpus",
+        str(corpus),
+        "--model",
+        str(tiny_roberta),
+        "--top-k",
+        "5",
+        "--batch-tokens",
+        "40",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([*command, "--out", str(interrupted)], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*command, "--out", str(interrupted)], env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while not list((interrupted / "shards").glob("*.npz")):
         assert process.poll() is None, process.stderr.read().decode()
@@ -310,4 +352,6 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
     pd.testing.assert_frame_equal(again.texts(), whole.texts())
     for key, value in whole.stats().items():
         assert np.array_equal(again.stats()[key], value)
-    assert sorted(p.name for p in (interrupted / "tokens").iterdir()) == sorted(p.name for p in (tmp_path / "whole" / "tokens").iterdir())
+    assert sorted(p.name for p in (interrupted / "tokens").iterdir()) == sorted(
+        p.name for p in (tmp_path / "whole" / "tokens").iterdir()
+    )

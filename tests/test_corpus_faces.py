@@ -32,7 +32,18 @@ def test_corpus_command_runs_and_reports(capsys, tmp_path, tiny_roberta):
     assert f"wrote {tmp_path / 'out'}: 5 texts (5 ok, 0 truncated, 0 skipped)" in err and "report.html" in err
     assert pd.read_parquet(tmp_path / "out" / "tokens").text_index.nunique() == 5
     (tmp_path / "t.txt").write_bytes(text)
-    quiet = cli(capsys, "corpus", str(tmp_path / "t.txt"), "--out", str(tmp_path / "q"), "--model", str(tiny_roberta), "--top-k", "5", "-q")
+    quiet = cli(
+        capsys,
+        "corpus",
+        str(tmp_path / "t.txt"),
+        "--out",
+        str(tmp_path / "q"),
+        "--model",
+        str(tiny_roberta),
+        "--top-k",
+        "5",
+        "-q",
+    )
     assert quiet == (0, "", "")
 
 
@@ -66,7 +77,11 @@ def test_corpus_command_input_errors(capsys, tmp_path, tiny_roberta):
     first = ("corpus", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"), "--model", str(tiny_roberta), "-q")
     assert cli(capsys, *first, "--top-k", "5")[0] == 0
     status, _, err = cli(capsys, *first, "--top-k", "6")
-    assert status == 1 and err == f"error: {tmp_path / 'o'} holds a run with other settings (top_k: 5 there, 6 here); use --overwrite to replace it\n"
+    assert (
+        status == 1
+        and err
+        == f"error: {tmp_path / 'o'} holds a run with other settings (top_k: 5 there, 6 here); use --overwrite to replace it\n"
+    )
 
 
 def test_help_does_not_load_the_corpus_libraries():

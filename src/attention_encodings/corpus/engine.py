@@ -182,9 +182,7 @@ def measure_batch(handle: LoadedModel, settings: Settings, batch: Batch, *, tag:
     return Shard(batch.index, table, neighbours, sums, batch.text_indices, total, time.perf_counter() - start)
 
 
-def _word_columns(
-    handle: LoadedModel, batch: Batch, encodings: Sequence[Any], tag: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def _word_columns(handle: LoadedModel, batch: Batch, encodings: Sequence[Any], tag: bool) -> tuple[np.ndarray, np.ndarray]:
     """Each packed token's word index (-1 for none) and that word's UPOS (None for none)."""
     total = sum(len(e) for e in encodings)
     word_of = np.full(total, -1, dtype=np.int64)
@@ -196,11 +194,17 @@ def _word_columns(
     if not handle.tokenizer.is_fast or all(w is None for w in words):
         return word_of, upos_of
     found = handle.tokenizer(
-        list(batch.texts), add_special_tokens=True, return_offsets_mapping=True, truncation=True,
-        max_length=handle.max_tokens, verbose=False,
+        list(batch.texts),
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        truncation=True,
+        max_length=handle.max_tokens,
+        verbose=False,
     )
     start = 0
-    for text, encoding, offsets, ids, text_words in zip(batch.texts, encodings, found["offset_mapping"], found["input_ids"], words):
+    for text, encoding, offsets, ids, text_words in zip(
+        batch.texts, encodings, found["offset_mapping"], found["input_ids"], words
+    ):
         stop = start + len(encoding)
         if text_words is not None and ids == encoding.input_ids.tolist():
             owners = word_classes.token_words(text, offsets, text_words)
@@ -255,9 +259,7 @@ def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts
     }
 
 
-def run_local(
-    handle: LoadedModel, settings: Settings, batches: Sequence[Batch], *, tag: bool
-) -> Iterator[Shard]:
+def run_local(handle: LoadedModel, settings: Settings, batches: Sequence[Batch], *, tag: bool) -> Iterator[Shard]:
     """The local engine: each batch in turn, in this process, on the loaded model."""
     for batch in batches:
         yield measure_batch(handle, settings, batch, tag=tag)
@@ -298,7 +300,9 @@ def run_ray(
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise InputError(f"cannot start or reach Ray at {address or 'a new local instance'}: {str(error).splitlines()[0]}") from error
+            raise InputError(
+                f"cannot start or reach Ray at {address or 'a new local instance'}: {str(error).splitlines()[0]}"
+            ) from error
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -309,7 +313,10 @@ def run_ray(
         slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1)) // threads
         actors = max(1, min(len(batches), slots))
         if on_start is not None:
-            on_start(f"ray: {actors} model actor{'s' if actors > 1 else ''} on {'a cluster at ' + address if address else 'a local Ray'}")
+            on_start(
+                f"ray: {actors} model actor{'s' if actors > 1 else ''} on "
+                f"{'a cluster at ' + address if address else 'a local Ray'}"
+            )
         items = [{"batch": pickle.dumps(b)} for b in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _Measurer,

@@ -43,6 +43,7 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
     specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}
     model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
+    model_line = f"model: {model['label']} ({model['reason']}) on {model['device']}, {model['dtype']}"
     speed = f"{timing['tokens_per_s']:,.0f} tokens/s" if timing.get("tokens_per_s") else "—"
     facts = [
         ("input", f"{manifest['input']['path']} ({manifest['input']['format']})"),
@@ -57,26 +58,34 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
         ("batch_tokens", manifest["run"]["batch_tokens"]),
         ("limit", manifest["run"]["limit"] or "none"),
     ]
-    note = "" if manifest["word_classes"] else (
-        '<p class="note">No parts of speech: the input is plain text and the <code>pos</code> extra (spaCy) is not '
-        "installed, so only <b>all</b> and <b>special</b> are summarised. Use a CoNLL-U file, or "
-        "<code>pip install 'attention-encodings[pos]'</code>.</p>"
+    note = (
+        ""
+        if manifest["word_classes"]
+        else (
+            '<p class="note">No parts of speech: the input is plain text and the <code>pos</code> extra (spaCy) is not '
+            "installed, so only <b>all</b> and <b>special</b> are summarised. Use a CoNLL-U file, or "
+            "<code>pip install 'attention-encodings[pos]'</code>.</p>"
+        )
     )
 
     def figures(prefix: str) -> str:
         return "".join(f'<figure id="{n}"></figure>' for n in specs if n.startswith(prefix))
 
-    by_class = "" if not classes else (
-        "<h2>By part of speech</h2><p class=\"explain\">The same, for each universal part of speech of the words "
-        "the tokens belong to (a token takes the part of speech of the word holding its first character).</p>"
-        f'<div class="charts">{figures("classes_")}</div>'
+    by_class = (
+        ""
+        if not classes
+        else (
+            '<h2>By part of speech</h2><p class="explain">The same, for each universal part of speech of the words '
+            "the tokens belong to (a token takes the part of speech of the word holding its first character).</p>"
+            f'<div class="charts">{figures("classes_")}</div>'
+        )
     )
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Corpus report: {html.escape(manifest['input']['path'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Corpus report: {html.escape(manifest["input"]["path"])}</title>
 <style>{STYLE}</style><script>{vega_javascript()}</script></head>
 <body>
 <h1>Corpus report</h1>
-<p class="model" id="model-line">model: {html.escape(model['label'])} ({html.escape(model['reason'])}) on {html.escape(model['device'])}, {html.escape(model['dtype'])}</p>
+<p class="model" id="model-line">{html.escape(model_line)}</p>
 <table id="facts">{_rows(facts)}</table><table id="settings">{_rows(settings_rows)}</table>
 {note}
 <h2>All words, function words, content words and special tokens</h2>

@@ -107,8 +107,18 @@ def analyze_corpus(
         model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype
     )
     return run_corpus(
-        settings, source, Path(out), handle, limit=limit, engine=engine, text_field=text_field, format=format,
-        batch_tokens=batch_tokens, ray_address=ray_address, overwrite=overwrite, progress=progress,
+        settings,
+        source,
+        Path(out),
+        handle,
+        limit=limit,
+        engine=engine,
+        text_field=text_field,
+        format=format,
+        batch_tokens=batch_tokens,
+        ray_address=ray_address,
+        overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -133,15 +143,21 @@ def run_corpus(
     loaded and `on_note` each note for the user."""
     check_engine(engine)
     check_batch_tokens(batch_tokens)
-    read = read_source(source if isinstance(source, (str, Path)) or not isinstance(source, os.PathLike) else os.fspath(source),
-                       format=format, text_field=text_field, limit=limit)
+    read = read_source(
+        source if isinstance(source, (str, Path)) or not isinstance(source, os.PathLike) else os.fspath(source),
+        format=format,
+        text_field=text_field,
+        limit=limit,
+    )
     handle = load_for(settings, model)
     if on_model is not None:
         on_model(handle)
     settings = settings.replace(model=handle.name)
     tag = not read.gold and words.spacy_available()
     word_classes = "gold UPOS (CoNLL-U)" if read.gold else (words.spacy_version() if tag else None)
-    identity = _identity(settings, handle, read, batch_tokens=batch_tokens, limit=limit, text_field=text_field, word_classes=word_classes)
+    identity = _identity(
+        settings, handle, read, batch_tokens=batch_tokens, limit=limit, text_field=text_field, word_classes=word_classes
+    )
     folder = store.RunFolder(out)
     folder.open(identity, overwrite=overwrite)
     statuses, batches = plan(handle, settings, read, batch_tokens)
@@ -157,12 +173,16 @@ def run_corpus(
     manifest = _manifest(folder, identity, settings, handle, read, statuses, batch_tokens, limit, engine, word_classes)
     folder.write_manifest(manifest)
     if word_classes is None and on_note is not None:
-        on_note("no parts of speech: plain text without the pos extra (pip install 'attention-encodings[pos]'); "
-                "only the groups all and special are summarised")
+        on_note(
+            "no parts of speech: plain text without the pos extra (pip install 'attention-encodings[pos]'); "
+            "only the groups all and special are summarised"
+        )
 
     started, measured = time.perf_counter(), 0
-    shards = run_local(handle, settings, pending, tag=tag) if engine == "local" else run_ray(
-        settings, pending, tag=tag, address=ray_address, on_start=on_note
+    shards = (
+        run_local(handle, settings, pending, tag=tag)
+        if engine == "local"
+        else run_ray(settings, pending, tag=tag, address=ray_address, on_start=on_note)
     )
     for shard in shards:
         folder.write(shard)
@@ -173,8 +193,13 @@ def run_corpus(
             progress(texts_done, total_texts, tokens_done)
     if pending:
         manifest["sessions"].append(
-            {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engine": engine, "batches": len(pending),
-             "tokens": measured, "seconds": round(time.perf_counter() - started, 3)}
+            {
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "engine": engine,
+                "batches": len(pending),
+                "tokens": measured,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
         )
     _finish(folder, manifest, settings, [b.index for b in batches])
     return CorpusAnalysis(folder.path)
@@ -209,8 +234,14 @@ def _manifest(folder, identity, settings, handle, read, statuses, batch_tokens, 
         "status": "running",
         "identity": identity,
         "model": {
-            "name": handle.name, "label": handle.label, "reason": handle.reason, "device": str(handle.device),
-            "dtype": identity["dtype"], "layers": handle.num_layers, "vocab_size": handle.vocab_size, "max_tokens": handle.max_tokens,
+            "name": handle.name,
+            "label": handle.label,
+            "reason": handle.reason,
+            "device": str(handle.device),
+            "dtype": identity["dtype"],
+            "layers": handle.num_layers,
+            "vocab_size": handle.vocab_size,
+            "max_tokens": handle.max_tokens,
         },
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
         "run": {"engine": engine, "batch_tokens": batch_tokens, "limit": limit, "text_field": identity["text_field"]},

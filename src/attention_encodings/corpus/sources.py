@@ -189,7 +189,9 @@ def _jsonl_records(data: bytes, path: str, field: str, limit: int | None) -> lis
         else:
             records.append(Record(None, reason=f"field {field!r} is {type(value[field]).__name__}, not a string"))
     if first_keys is not None and not with_field:
-        raise InputError(f"{path}: no record has the field {field!r} (the first has: {', '.join(first_keys)}); choose one with --text-field")
+        raise InputError(
+            f"{path}: no record has the field {field!r} (the first has: {', '.join(first_keys)}); choose one with --text-field"
+        )
     return records
 
 
@@ -203,7 +205,9 @@ def _parquet_records(data: bytes, path: str, column: str, limit: int | None) -> 
         raise InputError(f"cannot read {path} as Parquet: {str(error).splitlines()[0]}") from error
     schema = table_file.schema_arrow
     if column not in schema.names:
-        raise InputError(f"{path} has no column {column!r} (its columns: {', '.join(schema.names)}); choose one with --text-field")
+        raise InputError(
+            f"{path} has no column {column!r} (its columns: {', '.join(schema.names)}); choose one with --text-field"
+        )
     kind = schema.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
         raise InputError(f"{path}: column {column!r} holds {kind}, not text; choose a text column with --text-field")

