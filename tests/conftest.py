@@ -220,6 +220,29 @@ def live_server(models: list[str]) -> Iterator[LiveServer]:
         sock.close()
 
 
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium, driven by Playwright (which cannot download a browser here)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for one test module (the page's end-to-end tests, the corpus report)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
 @pytest.fixture(scope="session")
 def server(tiny_roberta: Path, smollm2) -> Iterator[LiveServer]:
     """One live server for the session, allowed the bundled model (its default), the tiny RoBERTa and SmolLM2."""

@@ -15,31 +15,14 @@ from urllib.parse import quote
 import pandas as pd
 import pytest
 from conftest import SEED
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
 from attention_encodings import analyze
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 60_000
 ACCENT = "#d9480f"
 HOVER = "#1971c2"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

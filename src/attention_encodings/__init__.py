@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .analysis import Analysis, Neighbour, Pair, Prediction, Similarity, Token, Trajectory, analyze, analyze_with
     from .catalog import MEASURES, MeasureInfo
     from .comparison import Comparison, compare
+    from .corpus import CorpusAnalysis, analyze_corpus
     from .errors import (
         AttentionEncodingsError,
         InputError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "analysis": ("Analysis", "Neighbour", "Pair", "Prediction", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
     "comparison": ("Comparison", "compare"),
+    "corpus": ("CorpusAnalysis", "analyze_corpus"),
     "errors": (
         "AttentionEncodingsError",
         "InputError",
@@ -51,6 +53,7 @@ _EXPORTS = {
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 
+
 __all__ = [
     "MEASURES",
     "REFERENCES",
@@ -58,6 +61,7 @@ __all__ = [
     "Analysis",
     "AttentionEncodingsError",
     "Comparison",
+    "CorpusAnalysis",
     "InputError",
     "LoadedModel",
     "MeasureInfo",
@@ -74,6 +78,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "analyze",
+    "analyze_corpus",
     "analyze_with",
     "compare",
     "load_model",

@@ -504,21 +504,23 @@ def analyze(
     `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
-    handle = model if isinstance(model, LoadedModel) else None
-    if handle is not None and (device is not None or dtype is not None):
-        raise InputError("device and dtype apply when analyze() loads the model; pass them to load_model()")
-    settings = Settings(
-        model=handle.name if handle is not None else (None if model is None else os.fspath(model)),
-        tap=tap,
-        reference=reference,
-        top_k=top_k,
-        neighbours=neighbours,
-        truncate=truncate,
-        similarity=similarity,
-        device=device or DEFAULT_DEVICE,
-        dtype=dtype or DEFAULT_DTYPE,
+    settings, handle = settings_for(
+        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate,
+        similarity=similarity, device=device, dtype=dtype
     )
     return analyze_with(settings, text, handle, progress=progress)
+
+
+def settings_for(
+    model: str | os.PathLike[str] | LoadedModel | None, *, device: str | None, dtype: str | None, **fields: Any
+) -> tuple[Settings, LoadedModel | None]:
+    """The `Settings` of a Python call (`analyze`, `analyze_corpus`), and the handle when `model` is one (which keeps
+    its own device and dtype, so naming them too is an error)."""
+    handle = model if isinstance(model, LoadedModel) else None
+    if handle is not None and (device is not None or dtype is not None):
+        raise InputError("device and dtype apply when the model is loaded here; pass them to load_model()")
+    name = handle.name if handle is not None else (None if model is None else os.fspath(model))
+    return Settings(model=name, device=device or DEFAULT_DEVICE, dtype=dtype or DEFAULT_DTYPE, **fields), handle
 
 
 @dataclass(frozen=True)
@@ -532,6 +534,8 @@ class Measured:
     """(N+1, ΣT, n) vocabulary ids, nearest first."""
     neighbour_cosines: torch.Tensor
     """(N+1, ΣT, n)."""
+    states: torch.Tensor
+    """(N+1, ΣT, d) the tapped vectors the measures read, on the model's device (corpus mode sums them)."""
     similarity: tuple[torch.Tensor, ...] | None = None
     """Per encoding, (N+1, T, T) token-to-token cosines, when `settings.similarity` asks for them."""
     head_targets: torch.Tensor | None = None
@@ -592,6 +596,7 @@ def measure_texts(
         values={name: values[name].cpu() for name in MEASURES if name in values},
         neighbour_ids=result.neighbour_ids.cpu(),
         neighbour_cosines=result.neighbour_cosines.cpu(),
+        states=states,
         similarity=similarity,
         **{name: tensor.cpu() for name, tensor in head.items()},
     )

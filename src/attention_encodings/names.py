@@ -33,3 +33,10 @@ SMOLLM2_ALIAS = "smollm2"
 
 FIGURE_FILE_TYPES: tuple[str, ...] = (".png", ".svg", ".pdf", ".html")
 """What a figure is saved as, by file extension; HTML files carry their own copy of Vega, so they open offline."""
+
+CORPUS_FORMATS: tuple[str, ...] = ("auto", "text", "jsonl", "parquet", "conllu")
+"""What a corpus input may be read as; `auto` guesses from the file's extension."""
+CORPUS_ENGINES: tuple[str, ...] = ("local", "ray")
+"""Where a corpus's batches run: in this process, or on Ray Data's model actors."""
+DEFAULT_BATCH_TOKENS = 4096
+"""Padded tokens per corpus batch (texts × the longest one): bounds a batch's memory whatever the corpus size."""
