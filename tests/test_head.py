@@ -214,3 +214,42 @@ def test_item_tables_when_every_target_is_among_the_items(tiny_dirs):
     assert not (neighbour_data(result).row == "own").any()
     assert not (prediction_data(result).row == "target").any()
     assert prediction_data(result).own.sum() == (result.head_targets >= 0).sum() * len(result.layers)
+
+
+@pytest.mark.parametrize("family", HEADED)
+def test_corpus_mode_carries_the_head_lens(tmp_path, tiny_dirs, family):
+    """Corpus mode's batches (padded, several texts each) give head_rank and the head's predictions exactly as
+    analyze() gives them text by text, and the summary has head_rank."""
+    from attention_encodings import analyze_corpus
+
+    handle = load_model(str(tiny_dirs[family]))
+    texts = [SEED, "Fruit flies.", CORPUS[2], "Time flies like an arrow."]
+    run = analyze_corpus(texts, tmp_path / "run", handle, top_k=5, neighbours=3, batch_tokens=24)
+    assert run.manifest["counts"]["shards"] >= 2 and "head_rank" in run.manifest["measures"]
+    tokens, predictions = run.tokens(), run.predictions()
+    for index, text in enumerate(texts):
+        alone = analyze(text, handle, top_k=5, neighbours=3)
+        rows = tokens[tokens.text_index == index].reset_index(drop=True)
+        assert rows.head_rank.astype("Int64").tolist() == alone.to_frame().head_rank.astype("Int64").tolist()
+        mine = predictions[predictions.text_index == index].drop(columns="text_index").reset_index(drop=True)
+        theirs = alone.predictions_frame().sort_values(["layer", "token_index", "prediction"]).reset_index(drop=True)
+        assert mine.prediction_id.tolist() == theirs.prediction_id.tolist()
+        assert np.allclose(mine.probability.to_numpy(), theirs.probability.to_numpy(), atol=1e-5)
+    summary = run.summary()
+    assert set(summary[summary.measure == "head_rank"].layer) == set(range(handle.num_layers + 1))
+
+
+def test_corpus_mode_on_smollm2(tmp_path, smollm2):
+    from attention_encodings import analyze_corpus
+
+    run = analyze_corpus("sample", tmp_path / "run", smollm2, limit=3, top_k=20)
+    tokens = run.tokens()
+    first = tokens[tokens.text_index == 0].reset_index(drop=True)
+    alone = analyze(run.texts().text[0], smollm2, top_k=20, neighbours=0).to_frame()
+    for column in ("rank", "head_rank"):  # a padded batch runs other GEMM shapes: a near-tie may flip, no more
+        batched, single = first[column].to_numpy(dtype=float), alone[column].to_numpy(dtype=float)
+        assert np.array_equal(np.isnan(batched), np.isnan(single))
+        assert np.nanmax(np.abs(batched - single) - 1e-3 * single) <= 1, column
+    last = first[first.token_index == first.token_index.max()]
+    assert last.head_rank.isna().all() and first.head_rank.notna().sum() == len(first) - len(last)
+    assert {"head_rank", "anisotropy"} <= set(run.summary().measure)

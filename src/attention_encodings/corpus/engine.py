@@ -65,8 +65,9 @@ class Shard:
     index: int
     tokens: Any
     """pyarrow Table: one row per (text, layer, token)."""
-    neighbours: Any | None
-    """pyarrow Table: one row per (text, layer, token, neighbour), or None when no neighbours are asked for."""
+    items: dict[str, Any]
+    """pyarrow Tables of ranked vocabulary items, by dataset: `neighbours` (one row per text, layer, token and
+    neighbour) and, where the model has an output head, `predictions`; empty when `neighbours` is 0."""
     sums: dict[str, np.ndarray]
     text_indices: tuple[int, ...]
     n_tokens: int
@@ -175,11 +176,15 @@ def measure_batch(handle: LoadedModel, settings: Settings, batch: Batch, *, tag:
         trajectory = Trajectory(info, layer_labels[:-1] if info.steps else layer_labels, values.numpy())
         columns[info.column] = trajectory.column(layers)[order]
     table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
-    neighbours = None
+    items = {}
     if settings.neighbours:
-        neighbours = _neighbour_rows(handle, measured.neighbour_ids.numpy(), measured.neighbour_cosines.numpy(), order, columns)
+        items["neighbours"] = _item_rows(handle, "neighbour", measured.neighbour_ids, "cosine", measured.neighbour_cosines, order, columns)
+        if measured.prediction_ids is not None and measured.prediction_probabilities is not None:
+            items["predictions"] = _item_rows(
+                handle, "prediction", measured.prediction_ids, "probability", measured.prediction_probabilities, order, columns
+            )
     sums = _sums(measured.states, torch.from_numpy(~special), torch.from_numpy(text_of), len(encodings))
-    return Shard(batch.index, table, neighbours, sums, batch.text_indices, total, time.perf_counter() - start)
+    return Shard(batch.index, table, items, sums, batch.text_indices, total, time.perf_counter() - start)
 
 
 def _word_columns(handle: LoadedModel, batch: Batch, encodings: Sequence[Any], tag: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -215,13 +220,22 @@ def _word_columns(handle: LoadedModel, batch: Batch, encodings: Sequence[Any], t
     return word_of, upos_of
 
 
-def _neighbour_rows(handle: LoadedModel, ids: np.ndarray, cosines: np.ndarray, order: np.ndarray, columns: dict[str, Any]):
-    """One row per (text, layer, token, neighbour), in the order of the token rows."""
+def _item_rows(
+    handle: LoadedModel,
+    item: str,
+    ids: torch.Tensor,
+    score: str,
+    scores: torch.Tensor,
+    order: np.ndarray,
+    columns: dict[str, Any],
+):
+    """One row per (text, layer, token, item) of a ranked list of vocabulary items ((layers, tokens, n) `ids`
+    and `scores`), in the order of the token rows, with the columns of `Analysis._items_frame`."""
     import pyarrow as pa
 
     n = ids.shape[2]
     flat = (order[:, None] * n + np.arange(n)).reshape(-1)
-    near = ids.reshape(-1)[flat]
+    near = ids.numpy().reshape(-1)[flat]
     unique = np.unique(near)
     texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
     frame = pd.DataFrame(
@@ -229,10 +243,10 @@ def _neighbour_rows(handle: LoadedModel, ids: np.ndarray, cosines: np.ndarray, o
             "text_index": np.repeat(columns["text_index"], n),
             "token_index": np.repeat(columns["token_index"], n),
             "layer": np.repeat(columns["layer"], n),
-            "neighbour": np.tile(np.arange(1, n + 1), len(order)),
-            "neighbour_id": near,
-            "neighbour_text": pd.array(texts[np.searchsorted(unique, near)], dtype="string"),
-            "cosine": cosines.reshape(-1)[flat],
+            item: np.tile(np.arange(1, n + 1), len(order)),
+            f"{item}_id": near,
+            f"{item}_text": pd.array(texts[np.searchsorted(unique, near)], dtype="string"),
+            score: scores.numpy().reshape(-1)[flat],
         }
     )
     return pa.Table.from_pandas(frame, preserve_index=False)

@@ -53,6 +53,11 @@ class CorpusAnalysis:
         """Every (text, layer, token, neighbour) row, when the run kept neighbours (`neighbours` > 0)."""
         return self._dataset(store.NEIGHBOURS, ["text_index", "layer", "token_index", "neighbour"])
 
+    def predictions(self) -> pd.DataFrame:
+        """Every (text, layer, token, prediction) row of the output head's most probable items, when the run kept
+        neighbours (`neighbours` > 0, the same count) and the model has a head."""
+        return self._dataset(store.PREDICTIONS, ["text_index", "layer", "token_index", "prediction"])
+
     def texts(self) -> pd.DataFrame:
         """Every input record: text_index, sent_id, text, n_tokens, status (ok, truncated, skipped), reason."""
         return pd.read_parquet(self.path / store.TEXTS)

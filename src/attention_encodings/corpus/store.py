@@ -1,6 +1,6 @@
 """The output folder: shards written as batches finish, what makes a rerun resume, and the folder's files.
 
-Each batch becomes one shard: `tokens/part-NNNNNN.parquet` (and `neighbours/part-NNNNNN.parquet`), then
+Each batch becomes one shard: `tokens/part-NNNNNN.parquet` (and `neighbours/` and `predictions/` parts), then
 `shards/NNNNNN.npz`, which records the texts the shard holds and its partial sums. Every file is written under a
 hidden temporary name and renamed into place, and the record comes last, so a shard counts as done only once all of
 it is on disk; an interrupted shard is simply measured again and its files replaced, never duplicated.
@@ -23,13 +23,14 @@ from .engine import Shard
 MANIFEST = "manifest.json"
 TOKENS = "tokens"
 NEIGHBOURS = "neighbours"
+PREDICTIONS = "predictions"
 SHARDS = "shards"
 TEXTS = "texts.parquet"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 STATS = "stats.npz"
 REPORT = "report.html"
-OWN = (MANIFEST, TOKENS, NEIGHBOURS, SHARDS, TEXTS, SUMMARY_CSV, SUMMARY_PARQUET, STATS, REPORT)
+OWN = (MANIFEST, TOKENS, NEIGHBOURS, PREDICTIONS, SHARDS, TEXTS, SUMMARY_CSV, SUMMARY_PARQUET, STATS, REPORT)
 """Everything a run writes: all that `--overwrite` removes (nothing else in the folder is touched)."""
 
 
@@ -95,14 +96,14 @@ class RunFolder:
         return found
 
     def write(self, shard: Shard) -> None:
-        """Write one shard: its token rows, its neighbour rows, then the record that marks it done."""
+        """Write one shard: its token rows, its neighbour and prediction rows, then the record that marks it done."""
         import pyarrow.parquet as pq
 
         name = f"part-{shard.index:06d}.parquet"
         atomic(self.path / TOKENS / name, lambda p: pq.write_table(shard.tokens, p))
-        if shard.neighbours is not None:
-            (self.path / NEIGHBOURS).mkdir(exist_ok=True)
-            atomic(self.path / NEIGHBOURS / name, lambda p: pq.write_table(shard.neighbours, p))
+        for dataset, table in shard.items.items():
+            (self.path / dataset).mkdir(exist_ok=True)
+            atomic(self.path / dataset / name, lambda p, table=table: pq.write_table(table, p))
 
         def record(path: Path) -> None:
             with path.open("wb") as stream:
