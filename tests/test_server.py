@@ -40,7 +40,7 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
         "normalize": "none", "stats": None
     }
     assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == []
-    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore"]
+    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
     assert [m["name"] for m in info["text_measures"]] == ["anisotropy"]
 
 
@@ -255,7 +255,8 @@ def test_serve_command_starts_a_server_a_user_can_reach():
     try:
         model_line, serving_line = process.stdout.readline().decode(), process.stdout.readline().decode()
         assert model_line.startswith("model 'default': all-MiniLM-L6-v2 (bundled) (offline default, because")
-        assert model_line.rstrip().endswith(" on cpu")
+        assert model_line.rstrip().endswith(" on cpu; all-MiniLM-L6-v2 (bundled) has no output head (it loads as "
+                                            "BertModel), so head_rank and the head's predictions are absent")
         assert serving_line.startswith(f"attention-encodings: serving http://127.0.0.1:{port}/")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             (model,) = http.get("/api/models").json()["models"]
@@ -266,6 +267,51 @@ def test_serve_command_starts_a_server_a_user_can_reach():
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_serve_bundled_and_smollm2(smollm2):
+    """`serve --models bundled,smollm2`: both models, each with its note; the decoder's analyses carry the head
+    lens, the encoder's do not."""
+    with listen("127.0.0.1", 0) as probe:
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "attention_encodings", "serve", "--models", "bundled,smollm2", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    try:
+        lines = [process.stdout.readline().decode() for _ in range(3)]
+        assert lines[0].startswith("model 'bundled': all-MiniLM-L6-v2 (bundled) (named explicitly) on cpu; ")
+        assert lines[1].startswith("model 'smollm2': SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named explicitly;")
+        assert lines[1].rstrip().endswith("on cpu; the embedding reference equals word here (no absolute positions or embedding norm)")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            models = http.get("/api/models").json()["models"]
+            assert [(m["id"], m["head"], m["layers"]) for m in models] == [("bundled", False, 6), ("smollm2", True, 30)]
+            data = http.post("/api/analyze", json={"text": "Fruit flies like a banana.", "model": "smollm2"}).json()
+            assert data == json.loads(analyze("Fruit flies like a banana.", smollm2).to_json())
+            assert "head_rank" not in http.post("/api/analyze", json={"text": SEED}).json()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_charts_name_the_tables_each_model_has(smollm2):
+    client = TestClient(create_app(["bundled", "smollm2"]))
+    info = client.get("/api/models").json()
+    assert [m["notes"] for m in info["models"]] == [
+        ["all-MiniLM-L6-v2 (bundled) has no output head (it loads as BertModel), so head_rank and the head's predictions are absent"],
+        ["the embedding reference equals word here (no absolute positions or embedding norm)"],
+    ]
+    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
+    decoder = client.post("/api/charts", json={"text": "Fruit flies.", "model": "smollm2"}).json()
+    assert decoder["measures"] == ["cosine", "rank", "overlap", "zscore", "head_rank"]
+    assert decoder["tables"] == ["neighbours", "predictions"] and {"predictions", "head_rank_heatmap"} <= set(decoder["charts"])
+    encoder = client.post("/api/charts", json={"text": "Fruit flies."}).json()
+    assert encoder["tables"] == ["neighbours"] and "predictions" not in encoder["charts"] and "predictions" not in encoder["datasets"]
+    runs = [{"text": "Fruit flies.", "model": "smollm2"}, {"text": "Fruit flies.", "model": "bundled"}]
+    mixed = client.post("/api/compare", json={"runs": runs}).json()
+    assert mixed["measures"] == ["cosine", "rank", "overlap", "zscore"] and mixed["tables"] == ["neighbours"]
+    both = client.post("/api/compare", json={"runs": [runs[0], {**runs[0], "tap": "resid_post"}]}).json()
+    assert both["measures"][-1] == "head_rank" and both["tables"] == ["neighbours", "predictions"]
+    frame = pd.read_csv(io.StringIO(client.post("/api/analyze/csv", json={"text": "Fruit flies.", "model": "smollm2"}).text))
+    assert frame.head_rank.isna().sum() == 31  # the last token, at every layer, has nothing to predict
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_adapter_positions_and_types_are_the_models_own(tiny_dirs, family):
     with torch.no_grad():
         explicit = torch.stack(handle.model(**inputs, output_hidden_states=True).hidden_states)[:, 0]
     assert torch.equal(explicit, _hidden_states(handle, encoding))
-    expected_start = handle.model.config.pad_token_id + 1 if family in {"roberta", "xlm-roberta", "camembert"} else 0
+    expected_start = handle.model.config.pad_token_id + 1 if family in {"roberta", "roberta-mlm", "xlm-roberta", "camembert"} else 0
     assert encoding.position_ids[0].item() == expected_start
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import SEED, run_cli
 from pypdf import PdfReader
 
-from attention_encodings import InputError, analyze
+from attention_encodings import InputError, MeasureUnavailableError, analyze
 from attention_encodings.faces.cli import main
 from attention_encodings.views import FIGURES, charts, check_file_type, default_token, figure, save
-from attention_encodings.views.charts import neighbour_data, readable
+from attention_encodings.views.charts import neighbour_data, prediction_data, readable
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -79,10 +80,15 @@ def test_neighbour_table_marks_the_token_and_shows_its_rank_when_outside(seed_re
 
 
 def test_figures_and_bad_names(seed_result):
-    for measure in FIGURES:
+    assert FIGURES == ("cosine", "rank", "overlap", "zscore", "head_rank", "all")
+    for measure in (*(m.name for m in seed_result.charted), "all"):
         assert figure(seed_result, measure, 8).to_dict()["params"][0]["value"] == 8
+    with pytest.raises(MeasureUnavailableError, match="no 'head_rank' measure: all-MiniLM-L6-v2 .* has no output head"):
+        figure(seed_result, "head_rank")
     with pytest.raises(InputError, match="unknown measure 'churn'"):
         figure(seed_result, "churn")
+    with pytest.raises(InputError, match="unknown measure 'vocab_mean'; choose one of: cosine, rank, overlap, zscore"):
+        figure(seed_result, "vocab_mean")  # a baseline, drawn inside the cosine chart
     with pytest.raises(InputError, match="no token matches 'zebra'"):
         figure(seed_result, token="zebra")
     with pytest.raises(InputError, match=r"cannot save a figure as a \.gif file"):
@@ -137,6 +143,7 @@ def test_plot_on_the_bundled_model(tmp_path):
         (["--out", "{tmp}/chart"], "cannot save a figure as a file without an extension", 2),
         (["--out", "{tmp}/chart.png", "--measure", "churn"], "unknown measure 'churn'", 2),
         (["--out", "{tmp}/chart.png", "--token", "zebra", "--model", "{tiny}"], "no token matches 'zebra'", 1),
+        (["--out", "{tmp}/chart.png", "--measure", "head_rank", "--model", "bundled"], "no 'head_rank' measure: all-MiniLM", 1),
         ([], "Missing option '--out'", 2),
     ],
 )
@@ -171,3 +178,51 @@ def test_an_analysis_displays_as_its_charts_in_ipython(seed_result):
         assert "Vocabulary mean" in data["text/html"] and "Anisotropy of the text" in data["text/html"]
     finally:
         InteractiveShell.clear_instance()
+
+
+@pytest.fixture(scope="module")
+def smollm2_result(smollm2):
+    return analyze("Fruit flies like a banana.", smollm2, neighbours=5)
+
+
+def test_a_model_with_a_head_gets_its_charts_and_the_predictions_table(smollm2_result):
+    built = charts(smollm2_result, token=1)
+    assert list(built) == [
+        "cosine", "rank", "overlap", "zscore", "head_rank",
+        "cosine_heatmap", "rank_heatmap", "overlap_heatmap", "zscore_heatmap", "head_rank_heatmap", "neighbours", "predictions",
+    ]
+    head = built["head_rank"].to_dict()
+    assert any(layer["encoding"]["y"].get("scale", {}).get("type") == "symlog" for layer in head["layer"])
+    assert "predictions" in built["predictions"].to_dict()["datasets"]
+
+
+def test_the_predictions_table_outlines_the_target_and_places_it_when_outside(smollm2_result):
+    table = prediction_data(smollm2_result)
+    result = smollm2_result
+    listed = table[table.row.str.fullmatch(r"\d+")]
+    assert len(listed) == result.prediction_ids.size
+    n = result.prediction_ids.shape[2]
+    frame = result.to_frame()
+    for (token, layer), row in frame.set_index(["token_index", "layer"]).iterrows():
+        target = result.head_targets[token]
+        ids = list(result.prediction_ids[layer, token])
+        outlined = listed[(listed.token_index == token) & (listed.layer == layer) & listed.own]
+        placed = table[(table.token_index == token) & (table.layer == layer) & (table.row == "target")]
+        if target < 0:  # the last token predicts nothing
+            assert outlined.empty and placed.empty and pd.isna(row.head_rank)
+        elif row.head_rank < n:
+            assert outlined.row.tolist() == [str(ids.index(target) + 1)] and placed.empty
+        else:
+            next_token = readable(result.tokens[token + 1].text)
+            assert outlined.empty and placed.text.item() == f"{next_token}  #{row.head_rank}"
+    cell = listed[(listed.token_index == 1) & (listed.layer == 30) & (listed.row == "1")].iloc[0]
+    top = result.predictions(30, 1)[0]
+    assert cell.text == f"{readable(top.text)}  {top.probability:.2f}" and cell.shade == pytest.approx(top.probability)
+
+
+def test_plot_the_head_rank_of_smollm2(smollm2, tmp_path):
+    target = tmp_path / "head.svg"
+    done = run_cli("plot", "Fruit flies like a banana.", "-m", "smollm2", "--measure", "head_rank", "--token", "1", "-o", str(target))
+    assert done.returncode == 0, done.stderr.decode()
+    svg = target.read_text()
+    assert "Head rank: vocabulary items the output head prefers to the target" in svg and "token 1 flies" in svg

@@ -15,31 +15,14 @@ from urllib.parse import quote
 import pandas as pd
 import pytest
 from conftest import SEED
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
 from attention_encodings import analyze
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 60_000
 ACCENT = "#d9480f"
 HOVER = "#1971c2"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
@@ -76,7 +59,7 @@ def open_page(page: Page, url: str) -> None:
 
 def settle(page: Page) -> None:
     page.wait_for_function("!document.body.classList.contains('busy')")
-    page.locator("figure[data-chart=neighbours] svg").wait_for()
+    page.locator("figure[data-chart=neighbours] svg").wait_for(state="attached")  # (hidden when the head's table shows)
 
 
 def analyse(page: Page) -> None:
@@ -244,6 +227,48 @@ def test_switching_the_model(page, server, tiny_roberta):
     settle(page)
     assert "3 layers" in page.inner_text("#model-line") and "local directory" in page.inner_text("#model-line")
     assert page.locator(".chip").first.inner_text().endswith("<s>")
+
+
+def test_the_head_lens_on_the_page(page, server, smollm2):
+    """SmolLM2 has an output head: its head_rank chart and heatmap appear, and the table switches to the head's
+    predictions (the numbers of `analyze()`) and back without asking the server; the address keeps the choice."""
+    text = "Fruit flies like a banana."
+    open_page(page, f"{server.url}/#model=smollm2&text={quote(text)}&token=1&neighbours=5")
+    line = page.inner_text("#model-line")
+    assert "SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF, 30 layers, 49,152 vocabulary items" in line
+    assert "Note: the embedding reference equals word here" in line
+    assert "Head rank: vocabulary items the output head prefers" in chart_text(page, "head_rank")
+    assert page.locator("figure[data-chart=head_rank_heatmap] svg").count() == 1
+    assert page.is_visible("figure[data-chart=neighbours]") and page.is_hidden("figure[data-chart=predictions]")
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.check("input[name=table][value=predictions]")
+    page.wait_for_function("!document.querySelector('figure[data-chart=predictions]').hidden")
+    assert page.is_hidden("figure[data-chart=neighbours]") and requests == [] and "table=predictions" in page.url
+    shown = chart_text(page, "predictions")
+    assert "The output head's 5 most probable items per layer" in shown and "token 1 flies" in shown
+    expected = analyze(text, smollm2, neighbours=5)
+    for layer in (0, 15, 30):
+        top = expected.predictions(layer, 1)[0]
+        assert f"{top.text.strip()}  {top.probability:.2f}" in shown
+    page.click(".chip[data-index='4']")
+    page.wait_for_function("document.querySelector('figure[data-chart=predictions] svg').textContent.includes('token 4 banana')")
+    with page.expect_response("**/api/charts"):
+        page.reload()
+    settle(page)
+    assert page.is_checked("input[name=table][value=predictions]") and page.is_visible("figure[data-chart=predictions]")
+    page.check("input[name=table][value=neighbours]")
+    page.wait_for_function("!document.querySelector('figure[data-chart=neighbours]').hidden")
+    assert "table=" not in page.url
+
+
+def test_a_model_without_a_head_offers_no_head_table(page, server):
+    open_page(page, f"{server.url}/#table=predictions")
+    assert page.is_disabled("input[name=table][value=predictions]") and page.is_checked("input[name=table][value=neighbours]")
+    assert page.inner_text("#table-note") == "(this model has no output head)"
+    assert page.is_visible("figure[data-chart=neighbours]") and page.locator("figure[data-chart=predictions]").count() == 0
+    assert page.locator("figure[data-chart=head_rank]").count() == 0
+    assert "has no output head (it loads as BertModel)" in page.inner_text("#model-line")
 
 
 def test_errors_show_inline(page, server):

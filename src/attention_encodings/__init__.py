@@ -18,24 +18,41 @@ from ._version import __version__
 from .faces import notebook
 
 if TYPE_CHECKING:
-    from .analysis import Analysis, Neighbour, Pair, Similarity, Token, Trajectory, analyze, analyze_with
+    from .analysis import Analysis, Neighbour, Pair, Prediction, Similarity, Token, Trajectory, analyze, analyze_with
     from .catalog import MEASURES, MeasureInfo
     from .comparison import Comparison, compare
-    from .errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError, UnsupportedArchitectureError
+    from .corpus import CorpusAnalysis, analyze_corpus
+    from .errors import (
+        AttentionEncodingsError,
+        InputError,
+        MeasureUnavailableError,
+        ModelLoadError,
+        OptionError,
+        UnsupportedArchitectureError,
+    )
     from .models import LoadedModel, load_model
     from .names import REFERENCES, TAPS
     from .settings import Settings
 
 _EXPORTS = {
-    "analysis": ("Analysis", "Neighbour", "Pair", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
+    "analysis": ("Analysis", "Neighbour", "Pair", "Prediction", "Similarity", "Token", "Trajectory", "analyze", "analyze_with"),
     "comparison": ("Comparison", "compare"),
-    "errors": ("AttentionEncodingsError", "InputError", "ModelLoadError", "OptionError", "UnsupportedArchitectureError"),
+    "corpus": ("CorpusAnalysis", "analyze_corpus"),
+    "errors": (
+        "AttentionEncodingsError",
+        "InputError",
+        "MeasureUnavailableError",
+        "ModelLoadError",
+        "OptionError",
+        "UnsupportedArchitectureError",
+    ),
     "catalog": ("MEASURES", "MeasureInfo"),
     "models": ("LoadedModel", "load_model"),
     "names": ("REFERENCES", "TAPS"),
     "settings": ("Settings",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+
 
 __all__ = [
     "MEASURES",
@@ -44,13 +61,16 @@ __all__ = [
     "Analysis",
     "AttentionEncodingsError",
     "Comparison",
+    "CorpusAnalysis",
     "InputError",
     "LoadedModel",
     "MeasureInfo",
+    "MeasureUnavailableError",
     "ModelLoadError",
     "Neighbour",
     "OptionError",
     "Pair",
+    "Prediction",
     "Settings",
     "Similarity",
     "Token",
@@ -58,6 +78,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "analyze",
+    "analyze_corpus",
     "analyze_with",
     "compare",
     "load_model",

@@ -13,25 +13,28 @@ import json
 import os
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .catalog import MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
-from .errors import InputError
+from .catalog import HEAD_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
+from .errors import InputError, MeasureUnavailableError
 from .metrics import (
     DEFAULT_REFERENCE,
+    HeadLens,
     Normalization,
     Progress,
     ReferenceSpace,
     Stats,
     anisotropy,
     check_reference,
+    embedding_is_word,
     measure,
     normalization,
     reference_space,
+    scan,
     token_similarity,
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
@@ -65,6 +68,15 @@ class Neighbour:
     id: int
     text: str
     cosine: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A vocabulary item the model's output head predicts from a token's representation, with its probability."""
+
+    id: int
+    text: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -217,15 +229,40 @@ class Analysis:
     """Token-to-token cosines, when asked for (`similarity=True`); None otherwise."""
     text: str = ""
     """The text analysed (what comparisons name when runs differ in it)."""
+    head_targets: np.ndarray | None = None
+    """(T,) what the output head should predict at each token (the token itself, or the next one for a causal
+    model), -1 where nothing (after the last token); None where the model has no head."""
+    prediction_ids: np.ndarray | None = None
+    """(N+1, T, n) the head's most probable vocabulary ids, most probable first; None without a head."""
+    prediction_probabilities: np.ndarray | None = None
+    """(N+1, T, n) their probabilities (softmax over the whole vocabulary)."""
+    prediction_texts: np.ndarray | None = None
+    """(N+1, T, n) readable text of each predicted id."""
+    absent: dict[str, str] = field(default_factory=dict)
+    """Measures this model cannot give, each with the reason (head_rank where there is no output head)."""
 
     def __getattr__(self, name: str) -> Trajectory | np.ndarray:
-        """A measure by name: `result.cosine`, `result.rank`, `result.zscore`, … (a `Trajectory`), or a measure of
-        the text, `result.anisotropy` (an array over layers)."""
-        for group in ("measures", "text_measures"):
-            found = self.__dict__.get(group) or {}
-            if name in found:
-                return found[name]
+        """A measure by name: `result.cosine`, `result.rank`, `result.zscore`, `result.head_rank`… (a `Trajectory`),
+        or a measure of the text, `result.anisotropy` (an array over layers)."""
+        if name in MEASURES:
+            return self.measure(name)
+        found = self.__dict__.get("text_measures") or {}
+        if name in found:
+            return found[name]
         raise AttributeError(f"{type(self).__name__!r} has no attribute or measure {name!r}")
+
+    def measure(self, name: str) -> Trajectory:
+        """The measure `name`, or a one-line `MeasureUnavailableError` saying why this analysis lacks it."""
+        measures = self.__dict__.get("measures") or {}
+        if name in measures:
+            return measures[name]
+        why = (self.__dict__.get("absent") or {}).get(name) or f"it has {', '.join(measures)}"
+        raise MeasureUnavailableError(f"this analysis has no {name!r} measure: {why}")
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model's output head was read (head_rank and the head's predictions)."""
+        return self.prediction_ids is not None
 
     @property
     def charted(self) -> list[Trajectory]:
@@ -259,6 +296,19 @@ class Analysis:
             )
         ]
 
+    def predictions(self, layer: int, token: int) -> list[Prediction]:
+        """The output head's most probable vocabulary items from `token`'s representation at `layer`."""
+        ids, probabilities, texts = self._predictions()
+        return [
+            Prediction(int(i), str(text), float(p))
+            for i, text, p in zip(ids[layer, token], texts[layer, token], probabilities[layer, token])
+        ]
+
+    def _predictions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.prediction_ids is None or self.prediction_probabilities is None or self.prediction_texts is None:
+            self.measure(HEAD_MEASURES[0])  # raises, saying why
+        return self.prediction_ids, self.prediction_probabilities, self.prediction_texts  # type: ignore[return-value]
+
     def token_matches(self, query: int | str) -> list[int]:
         """Indices of the tokens `query` names: an index, else tokens whose text matches (exactly, then
         ignoring surrounding space and case)."""
@@ -281,6 +331,11 @@ class Analysis:
             neighbour_cosines=self.neighbour_cosines[:, keep],
             neighbour_texts=self.neighbour_texts[:, keep],
             similarity=None if self.similarity is None else self.similarity.take(keep),
+            **{
+                name: None if getattr(self, name) is None else getattr(self, name)[:, keep]
+                for name in ("prediction_ids", "prediction_probabilities", "prediction_texts")
+            },
+            head_targets=None if self.head_targets is None else self.head_targets[keep],
         )
 
     def pair(self, first: int | str, second: int | str) -> Pair:
@@ -314,19 +369,29 @@ class Analysis:
 
     def neighbours_frame(self) -> pd.DataFrame:
         """Tidy table of neighbours: one row per (token, layer, neighbour)."""
+        return self._items_frame("neighbour", self.neighbour_ids, self.neighbour_texts, "cosine", self.neighbour_cosines)
+
+    def predictions_frame(self) -> pd.DataFrame:
+        """Tidy table of the output head's predictions: one row per (token, layer, prediction), most probable
+        first."""
+        ids, probabilities, texts = self._predictions()
+        return self._items_frame("prediction", ids, texts, "probability", probabilities)
+
+    def _items_frame(self, item: str, ids: np.ndarray, texts: np.ndarray, score: str, scores: np.ndarray) -> pd.DataFrame:
+        """One row per (token, layer, item) of a ranked list of vocabulary items."""
         import pandas as pd
 
-        layers, tokens, n = self.neighbour_ids.shape
+        layers, tokens, n = ids.shape
         layer, token, place = np.meshgrid(np.arange(layers), np.arange(tokens), np.arange(n), indexing="ij")
         index = np.array([t.index for t in self.tokens])
         return pd.DataFrame(
             {
                 "token_index": index[token.reshape(-1)],
                 "layer": layer.reshape(-1),
-                "neighbour": place.reshape(-1) + 1,
-                "neighbour_id": self.neighbour_ids.reshape(-1),
-                "neighbour_text": self.neighbour_texts.reshape(-1),
-                "cosine": self.neighbour_cosines.reshape(-1),
+                item: place.reshape(-1) + 1,
+                f"{item}_id": ids.reshape(-1),
+                f"{item}_text": texts.reshape(-1),
+                score: scores.reshape(-1),
             }
         )
 
@@ -340,9 +405,13 @@ class Analysis:
     def to_dict(self) -> dict[str, Any]:
         """The JSON contract: model, tap, reference, top_k, normalize, stats, tokens, layers, every measure
         ([layer][token]), every measure of the text ([layer]), neighbours and, when asked for, similarity
-        ([layer][token][every token of the text])."""
+        ([layer][token][every token of the text]), and, where the model has an output head, its predictions."""
         layers, tokens, _ = self.neighbour_ids.shape
         extra = {} if self.similarity is None else {"similarity": self.similarity.values.tolist()}
+        if self.has_head:
+            extra["predictions"] = [
+                [[p.__dict__ for p in self.predictions(layer, token)] for token in range(tokens)] for layer in range(layers)
+            ]
         return {
             "model": self.model,
             "tap": self.tap,
@@ -384,6 +453,47 @@ def reference_for(handle: LoadedModel, name: str, normalized: Normalization | No
                 del spaces[old]
             spaces[key] = reference_space(name, handle.adapter.embedding_parts(handle.model), normalized)
         return spaces[key]
+
+
+_heads: weakref.WeakKeyDictionary[Any, HeadLens | None] = weakref.WeakKeyDictionary()
+
+
+def head_lens_for(handle: LoadedModel) -> HeadLens | None:
+    """The model's output head as a lens, built once per model; None where the loaded model has no head."""
+    with handle.lock:
+        if handle.model not in _heads:
+            head = handle.adapter.head(handle.model)
+            vocab = handle.model.get_output_embeddings().weight.shape[0] if head is not None else 0
+            _heads[handle.model] = None if head is None else HeadLens(head, int(vocab))
+        return _heads[handle.model]
+
+
+def head_targets(handle: LoadedModel, encodings: Sequence[Encoding]) -> torch.Tensor:
+    """(ΣT,) what the head should predict at each packed token: the token itself (masked LM) or the next token
+    of the same text (causal LM), -1 after each text's last token."""
+    if handle.adapter.objective == "masked":
+        return torch.cat([e.input_ids for e in encodings])
+    end = torch.full((1,), -1, dtype=torch.long, device=handle.device)
+    return torch.cat([torch.cat((e.input_ids[1:], end)) for e in encodings])
+
+
+def model_notes(handle: LoadedModel) -> tuple[str, ...]:
+    """What a reader of this model's numbers should know about the model: said on its model line (command
+    line, page) beside the reason it is in use."""
+    notes = []
+    if embedding_is_word(handle.adapter.embedding_parts(handle.model)):
+        notes.append("the embedding reference equals word here (no absolute positions or embedding norm)")
+    if head_lens_for(handle) is None:
+        notes.append(missing_head(handle))
+    return tuple(notes)
+
+
+def missing_head(handle: LoadedModel) -> str:
+    """Why the head measures are absent for a model loaded without an output head."""
+    return (
+        f"{handle.label} has no output head (it loads as {type(handle.model).__name__}), "
+        f"so {', '.join(HEAD_MEASURES)} and the head's predictions are absent"
+    )
 
 
 def _check_at_most_vocabulary(settings: Settings, handle: LoadedModel) -> None:
@@ -428,23 +538,24 @@ def analyze(
     `stats.npz` path, `"sample"`, or `Stats` already in memory.
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
-    handle = model if isinstance(model, LoadedModel) else None
-    if handle is not None and (device is not None or dtype is not None):
-        raise InputError("device and dtype apply when analyze() loads the model; pass them to load_model()")
-    settings = Settings(
-        model=handle.name if handle is not None else (None if model is None else os.fspath(model)),
-        tap=tap,
-        reference=reference,
-        top_k=top_k,
-        neighbours=neighbours,
-        truncate=truncate,
-        similarity=similarity,
-        device=device or DEFAULT_DEVICE,
-        dtype=dtype or DEFAULT_DTYPE,
-        normalize=normalize,
+    settings, handle = settings_for(
+        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate,
+        similarity=similarity, device=device, dtype=dtype, normalize=normalize,
         stats=stats.source if isinstance(stats, Stats) else (None if stats is None else os.fspath(stats)),
     )
     return analyze_with(settings, text, handle, progress=progress, stats=stats if isinstance(stats, Stats) else None)
+
+
+def settings_for(
+    model: str | os.PathLike[str] | LoadedModel | None, *, device: str | None, dtype: str | None, **fields: Any
+) -> tuple[Settings, LoadedModel | None]:
+    """The `Settings` of a Python call (`analyze`, `analyze_corpus`), and the handle when `model` is one (which keeps
+    its own device and dtype, so naming them too is an error)."""
+    handle = model if isinstance(model, LoadedModel) else None
+    if handle is not None and (device is not None or dtype is not None):
+        raise InputError("device and dtype apply when the model is loaded here; pass them to load_model()")
+    name = handle.name if handle is not None else (None if model is None else os.fspath(model))
+    return Settings(model=name, device=device or DEFAULT_DEVICE, dtype=dtype or DEFAULT_DTYPE, **fields), handle
 
 
 @dataclass(frozen=True)
@@ -460,8 +571,16 @@ class Measured:
     """(N+1, ΣT, n) vocabulary ids, nearest first."""
     neighbour_cosines: torch.Tensor
     """(N+1, ΣT, n)."""
+    states: torch.Tensor
+    """(N+1, ΣT, d) the tapped vectors, before any normalisation, on the model's device (corpus mode sums them)."""
     similarity: tuple[torch.Tensor, ...] | None = None
     """Per encoding, (N+1, T, T) token-to-token cosines, when `settings.similarity` asks for them."""
+    head_targets: torch.Tensor | None = None
+    """(ΣT,) the head's target at each token, -1 for none; None where the model has no output head."""
+    prediction_ids: torch.Tensor | None = None
+    """(N+1, ΣT, n) the head's most probable ids, most probable first; None without a head."""
+    prediction_probabilities: torch.Tensor | None = None
+    """(N+1, ΣT, n)."""
 
     def tokens_of(self, item: int) -> slice:
         """Where encoding `item`'s tokens sit along the packed axis."""
@@ -497,18 +616,28 @@ def measure_texts(
     """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token, and of
     each text: the one computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the
     face that asks. With `settings.normalize`, the tapped vectors and reference rows are normalised first (by
-    `stats`, or the statistics `settings.stats` names)."""
+    `stats`, or the statistics `settings.stats` names).
+
+    Where the model has an output head, a second scan reads the tapped vectors through it (the head lens, never
+    normalised: the head reads the model's own vectors): head_rank and the head's `neighbours` most probable
+    items."""
     _check_at_most_vocabulary(settings, handle)
-    states = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
-    normalized = normalization_for(handle, settings, states.shape[0], states.shape[-1], stats)
-    if normalized is not None:
-        states = normalized.states(states)
+    lens = head_lens_for(handle)
+    tapped = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
+    normalized = normalization_for(handle, settings, tapped.shape[0], tapped.shape[-1], stats)
+    states = tapped if normalized is None else normalized.states(tapped)
     space = reference_for(handle, settings.reference, normalized)
     adapter = handle.adapter
     offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in encodings])
     token_ids = torch.cat([e.input_ids for e in encodings])
+    passes = 1 if lens is None else 2
+
+    def part(first: int) -> Progress | None:
+        """Progress through this pass, reported as a share of all passes."""
+        return None if progress is None else lambda done, total: progress(first * total + done, passes * total)
+
     result = measure(
-        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=progress
+        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=part(0)
     )
     ordinary = ~torch.isin(token_ids, torch.tensor(handle.tokenizer.all_special_ids, device=token_ids.device))
     spans = token_spans(encodings)
@@ -516,13 +645,27 @@ def measure_texts(
     similarity = None
     if settings.similarity:  # text by text, so memory is the T × T of each text, never of the padded batch
         similarity = tuple(token_similarity(states[:, span]).cpu() for span in spans)
+    values = {name: getattr(result, name) for name in MEASURES if hasattr(result, name)}
+    head: dict[str, torch.Tensor] = {}
+    if lens is not None:
+        targets = head_targets(handle, encodings)
+        n = settings.neighbours
+        found = scan(tapped, targets, offsets, lens, keep=max(n, 1), log_partition=True, progress=part(1))
+        values["head_rank"] = found.rank
+        head = {
+            "head_targets": targets,
+            "prediction_ids": found.top_ids[..., :n],
+            "prediction_probabilities": (found.top_values[..., :n] - found.log_partition[..., None]).exp(),
+        }
     return Measured(
         encodings=tuple(encodings),
-        values={name: getattr(result, name).cpu() for name in MEASURES if hasattr(result, name)},
+        values={name: values[name].cpu() for name in MEASURES if name in values},
         text_values={name: text_values[name].cpu() for name in TEXT_MEASURES},
         neighbour_ids=result.neighbour_ids.cpu(),
         neighbour_cosines=result.neighbour_cosines.cpu(),
+        states=tapped,
         similarity=similarity,
+        **{name: tensor.cpu() for name, tensor in head.items()},
     )
 
 
@@ -546,9 +689,16 @@ def analyze_with(
         for index, (token_id, text) in enumerate(zip(ids, handle.token_texts(ids)))
     )
     neighbour_ids = measured.neighbour_ids.numpy()
-    unique = np.unique(neighbour_ids)
-    texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
     layers = tuple(range(neighbour_ids.shape[0]))
+    head: dict[str, np.ndarray | None] = {}
+    if measured.prediction_ids is not None and measured.prediction_probabilities is not None:
+        head = {
+            "head_targets": measured.head_targets.numpy() if measured.head_targets is not None else None,
+            "prediction_ids": measured.prediction_ids.numpy(),
+            "prediction_probabilities": measured.prediction_probabilities.numpy(),
+            "prediction_texts": texts_of(handle, measured.prediction_ids.numpy()),
+        }
+    absent = {} if head else {name: missing_head(handle) for name in HEAD_MEASURES}
     return Analysis(
         model=handle.name,
         model_label=handle.label,
@@ -562,9 +712,18 @@ def analyze_with(
         text_measures={name: values[0].numpy() for name, values in measured.text_values.items()},
         neighbour_ids=neighbour_ids,
         neighbour_cosines=measured.neighbour_cosines.numpy(),
-        neighbour_texts=texts[np.searchsorted(unique, neighbour_ids)],
+        neighbour_texts=texts_of(handle, neighbour_ids),
         dropped=encoding.dropped,
         similarity=None if measured.similarity is None else Similarity(tokens, tokens, measured.similarity[0].numpy()),
         text=text,
+        absent=absent,
+        **head,
     )
+
+
+def texts_of(handle: LoadedModel, ids: np.ndarray) -> np.ndarray:
+    """The readable text of every vocabulary id in `ids`, in its shape (each distinct id decoded once)."""
+    unique = np.unique(ids)
+    texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
+    return texts[np.searchsorted(unique, ids)]
 

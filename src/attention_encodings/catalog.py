@@ -140,8 +140,25 @@ ZSCORE = MeasureInfo(
     short="z",
 )
 
-MEASURES: dict[str, MeasureInfo] = {info.name: info for info in (COSINE, RANK, OVERLAP, VOCAB_MEAN, VOCAB_STD, ZSCORE)}
+HEAD_RANK = MeasureInfo(
+    "head_rank",
+    "Head rank: vocabulary items the output head prefers to the target",
+    "how many vocabulary items the model's own output head, applied to the representation, gives a higher logit "
+    "than the target (a masked LM: the token itself; a causal LM: the next token, none after the last)",
+    "head rank (symlog)",
+    "d",
+    scale="symlog",
+    integer=True,
+    nullable=True,
+    lower_is_closer=True,
+)
+
+MEASURES: dict[str, MeasureInfo] = {
+    info.name: info for info in (COSINE, RANK, OVERLAP, VOCAB_MEAN, VOCAB_STD, ZSCORE, HEAD_RANK)
+}
 """Every measure of each token, in the order faces show them."""
+HEAD_MEASURES: tuple[str, ...] = (HEAD_RANK.name,)
+"""The measures that read the model's output head: absent where the loaded model has none."""
 
 ANISOTROPY = MeasureInfo(
     "anisotropy",

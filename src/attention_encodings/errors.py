@@ -21,3 +21,9 @@ class UnsupportedArchitectureError(ModelLoadError):
 
 class OptionError(InputError):
     """An option's value is malformed or not one of its choices: a usage error (the command line exits 2)."""
+
+
+class MeasureUnavailableError(InputError, AttributeError):
+    """A measure this analysis lacks because its model cannot give it (head_rank where there is no output head).
+
+    An `AttributeError` too, so `getattr(result, "head_rank", None)` and `hasattr` work as Python expects."""

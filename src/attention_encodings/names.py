@@ -1,5 +1,5 @@
-"""The names a user chooses from, and their defaults: taps, reference spaces, devices, precisions, the bundled
-model's alias.
+"""The names a user chooses from, and their defaults: taps, reference spaces, devices, precisions, the aliases
+of the bundled models.
 
 Kept free of heavy imports (torch, transformers), so that the command line builds its options and answers
 `--help` or a malformed value at once; the modules that implement each name import it from here.
@@ -34,6 +34,15 @@ SAMPLE_STATS = "sample"
 
 BUNDLED_ALIAS = "bundled"
 """Name that selects the bundled offline model explicitly."""
+SMOLLM2_ALIAS = "smollm2"
+"""Name that selects the offline decoder, SmolLM2-135M-Instruct (`models/smollm2.py`)."""
 
 FIGURE_FILE_TYPES: tuple[str, ...] = (".png", ".svg", ".pdf", ".html")
 """What a figure is saved as, by file extension; HTML files carry their own copy of Vega, so they open offline."""
+
+CORPUS_FORMATS: tuple[str, ...] = ("auto", "text", "jsonl", "parquet", "conllu")
+"""What a corpus input may be read as; `auto` guesses from the file's extension."""
+CORPUS_ENGINES: tuple[str, ...] = ("local", "ray")
+"""Where a corpus's batches run: in this process, or on Ray Data's model actors."""
+DEFAULT_BATCH_TOKENS = 4096
+"""Padded tokens per corpus batch (texts × the longest one): bounds a batch's memory whatever the corpus size."""

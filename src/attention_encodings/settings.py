@@ -23,6 +23,7 @@ from .names import (
     DTYPE_NAMES,
     NORMALIZATIONS,
     REFERENCES,
+    SMOLLM2_ALIAS,
     TAPS,
 )
 
@@ -57,7 +58,8 @@ class Settings:
 
     model: str | None = _option(
         None,
-        f"Hub id, local directory or '{BUNDLED_ALIAS}'. Default: roberta-base if it can be loaded, "
+        f"Hub id, local directory, '{BUNDLED_ALIAS}' or '{SMOLLM2_ALIAS}' (the offline decoder). "
+        "Default: roberta-base if it can be loaded, "
         "else the bundled all-MiniLM-L6-v2.",
         flags=("-m",),
         web=False,

@@ -1,4 +1,5 @@
-"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, `serve` the web page, list `models`.
+"""The `attention-encodings` command line: `analyze` a text, `plot` its charts, measure a `corpus`, `serve` the web
+page, list `models`.
 
 Every failure the user can cause ends in one `error: …` line on stderr and a non-zero exit status:
 1 for a bad input or a model that cannot be loaded, 2 for a malformed command line or option value.
@@ -12,6 +13,7 @@ import functools
 import inspect
 import io
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,16 +21,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..catalog import SIMILARITY, baselines, charted
-from ..errors import AttentionEncodingsError, InputError, OptionError
-from ..names import BUNDLED_ALIAS, FIGURE_FILE_TYPES
+from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
+from ..names import BUNDLED_ALIAS, CORPUS_ENGINES, CORPUS_FORMATS, DEFAULT_BATCH_TOKENS, FIGURE_FILE_TYPES, SMOLLM2_ALIAS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options, runs
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
+    from ..models import LoadedModel
 
 FORMATS = ("table", "json", "csv")
 DEFAULT_HOST = "127.0.0.1"
@@ -121,14 +124,24 @@ def token_table(result: Analysis) -> Table:
         columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
     widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
     table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
+    items = ["nearest items", "head predicts"] if result.has_head else ["nearest vocabulary items"]
     for (header, cells), width in zip(columns.items(), widths):
         table.add_column(header, justify="right", no_wrap=True, min_width=width)
     room = max(12, TOKEN_TABLE_WIDTH - sum(width + 3 for width in widths) - 4)  # each column: padding and a border
-    table.add_column("nearest vocabulary items", justify="left", no_wrap=True, overflow="ellipsis", max_width=room)
+    for header in items:
+        share = max(12, (room - 3 * (len(items) - 1)) // len(items))
+        table.add_column(header, justify="left", no_wrap=True, overflow="ellipsis", max_width=share)
     for layer in result.layers:
-        nearest = ", ".join(f"{n.text.strip() or n.text!r} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])
-        table.add_row(*(cells[layer] for cells in columns.values()), nearest)
+        texts = [", ".join(f"{_quoted(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
+        if result.has_head:
+            texts.append(", ".join(f"{_quoted(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
+        table.add_row(*(cells[layer] for cells in columns.values()), *texts)
     return table
+
+
+def _quoted(text: str) -> str:
+    """A vocabulary item in a table: quoted, without the spaces around it unless it is only space."""
+    return repr(text.strip() or text)
 
 
 def similarity_table(result: Analysis) -> Table:
@@ -232,15 +245,24 @@ def with_settings(
     return decorate
 
 
+def model_line(handle: LoadedModel, threads: int) -> str:
+    """The model in use, why, where it runs and what to know about it, as printed on stderr."""
+    from ..analysis import model_notes
+
+    placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {threads} thread{'s' if threads > 1 else ''}"
+    notes = "".join(f"; {note}" for note in model_notes(handle))
+    return f"model: {handle.label} ({handle.reason}) on {placement}{notes}"
+
+
 def run_analysis(source: str, settings: Settings) -> Analysis:
-    """Load the model (saying which, why and where on stderr) and analyse `source`, with a progress bar."""
+    """Load the model (saying which, why and where on stderr, and what to know about it) and analyse `source`,
+    with a progress bar."""
     from ..analysis import analyze_with, load_for
     from ..models import set_threads
 
     used = set_threads(settings.threads)
     handle = load_for(settings)
-    placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {used} thread{'s' if used > 1 else ''}"
-    typer.echo(f"model: {handle.label} ({handle.reason}) on {placement}", err=True)
+    typer.echo(model_line(handle, used), err=True)
     with progress_bar("measuring") as progress:
         result = analyze_with(settings, source, handle, progress=progress)
     if result.dropped:
@@ -341,6 +363,79 @@ def plot_command(
     typer.echo(f"wrote {out}", err=True)
 
 
+@contextmanager
+def corpus_progress(quiet: bool) -> Iterator[object]:
+    """A progress bar on stderr for a corpus run (texts, tokens/s, time left) when it is a terminal and not `quiet`."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("measuring"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
+        TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("measuring", total=None, speed="")
+        first: list[tuple[float, int]] = []
+
+        def update(texts: int, total: int, tokens: int) -> None:
+            first.append(first[0] if first else (time.perf_counter(), tokens))
+            elapsed, since = time.perf_counter() - first[0][0], tokens - first[0][1]
+            speed = f"{since / elapsed:,.0f} tokens/s" if since and elapsed > 0 else ""
+            bar.update(task, completed=texts, total=total, speed=speed)
+
+        yield update
+
+
+@app.command("corpus")
+@with_settings(neighbours=0, skip=("similarity",))
+def corpus_command(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="INPUT",
+            help="A .txt (one text per line), .jsonl, .parquet or .conllu file; - for lines on standard input; "
+            "or 'sample', the bundled UD English-EWT dev sentences.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The output folder (created; rerun the same command to resume).")],
+    text_field: Annotated[str, typer.Option(help="The JSON field or Parquet column holding the text.")] = "text",
+    input_format: Annotated[
+        str, typer.Option("--format", "-f", help=f"The input's format: {', '.join(CORPUS_FORMATS)} (auto: from its extension).")
+    ] = "auto",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N records.")] = None,
+    batch_tokens: Annotated[int, typer.Option(min=1, help="Padded tokens per batch (bounds memory).")] = DEFAULT_BATCH_TOKENS,
+    engine: Annotated[str, typer.Option(help=f"Where the batches run: {', '.join(CORPUS_ENGINES)}.")] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(help="The Ray cluster for --engine ray (auto, ray://host:10001). Default: a local Ray for the run."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr (errors still print).")] = False,
+    *,
+    settings: Settings,
+) -> None:
+    """Measure every text of a corpus, in batches, into a folder: Parquet rows, a summary by word class, a report."""
+    from ..corpus import run_corpus
+    from ..models import set_threads
+
+    say = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+    used = set_threads(settings.threads)
+    with corpus_progress(quiet) as progress:
+        result = run_corpus(
+            settings, source, out, limit=limit, engine=engine, text_field=text_field, format=input_format,
+            batch_tokens=batch_tokens, ray_address=ray_address, overwrite=overwrite, progress=progress,
+            on_model=lambda handle: say(model_line(handle, used)), on_note=lambda note: say(f"note: {note}"),
+        )
+    manifest = result.manifest
+    counts, speed = manifest["counts"], manifest["timing"]["tokens_per_s"]
+    rate = f", {speed:,.0f} tokens/s" if speed else ""
+    say(
+        f"wrote {out}: {counts['texts']:,} texts ({counts['ok']:,} ok, {counts['truncated']:,} truncated, "
+        f"{counts['skipped']:,} skipped), {counts['tokens']:,} tokens{rate}; see {out / 'report.html'}"
+    )
+
+
 @app.command("serve")
 @with_settings(only=("device", "dtype", "threads"))
 def serve_command(
@@ -380,9 +475,10 @@ def _listed(entries: list[str] | None) -> list[str]:
 
 @app.command("models")
 def models_command() -> None:
-    """List the supported families, the bundled model and the models in the local HF cache."""
+    """List the supported families, the bundled models and the models in the local HF cache."""
     from ..models import ADAPTERS, bundled_model_dir, cached_models, usable_cpus
     from ..models.bundled import BUNDLED_DISTRIBUTION, BUNDLED_SHA256, BUNDLED_WEIGHTS, sha256_of
+    from ..models.smollm2 import SMOLLM2_DISTRIBUTION, SMOLLM2_SHA256, smollm2_cache, smollm2_gguf
 
     families = Table(title="supported architecture families", title_justify="left", title_style="bold")
     for header in ("family", "model_type", "examples"):
@@ -394,7 +490,17 @@ def models_command() -> None:
     weights = folder / BUNDLED_WEIGHTS
     check = "missing" if not weights.is_file() else ("ok" if sha256_of(weights) == BUNDLED_SHA256 else "MISMATCH")
     typer.echo(f"\nbundled offline model: all-MiniLM-L6-v2 from {BUNDLED_DISTRIBUTION} (use --model {BUNDLED_ALIAS})")
-    typer.echo(f"  path: {folder}\n  sha256 check: {check}\n")
+    typer.echo(f"  path: {folder}\n  sha256 check: {check}")
+    typer.echo(f"\noffline decoder: SmolLM2-135M-Instruct (4-bit GGUF) from {SMOLLM2_DISTRIBUTION} (use --model {SMOLLM2_ALIAS})")
+    try:
+        gguf = smollm2_gguf()
+        check = "ok" if sha256_of(gguf) == SMOLLM2_SHA256 else "MISMATCH"
+        typer.echo(f"  path: {gguf}\n  sha256 check: {check}")
+    except ModelLoadError as error:
+        typer.echo(f"  {error}")
+    cache = smollm2_cache()
+    state = "present" if cache.is_dir() else "not made yet (the first use dequantises the GGUF, about 25 s)"
+    typer.echo(f"  dequantised cache: {cache} ({state})\n")
     cached = Table(title="models in the local Hugging Face cache", title_justify="left", title_style="bold")
     for header in ("repo id", "model_type", "supported family", "size"):
         cached.add_column(header)

@@ -28,8 +28,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .._version import __version__
-from ..analysis import Analysis, analyze_with
-from ..catalog import MEASURES, TEXT_MEASURES
+from ..analysis import Analysis, analyze_with, head_lens_for, model_notes
+from ..catalog import HEAD_MEASURES, MEASURES, TEXT_MEASURES
 from ..comparison import compare
 from ..errors import InputError
 from ..metrics import Stats
@@ -38,7 +38,7 @@ from ..names import NORMALIZATIONS, REFERENCES
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
 from ..stats import read_stats
 from ..trace import TAPS
-from ..views import default_token, page_specs, vega_javascript
+from ..views import TABLES, default_token, page_specs, vega_javascript
 
 DEFAULT_MODEL_ID = "default"
 """The id under which a server started without `--models` offers the default model resolution."""
@@ -109,6 +109,8 @@ class ServedModel(BaseModel):
     vocab_size: int
     max_tokens: int = Field(description="The longest text this server accepts with this model, in tokens.")
     device: str = Field(description="Where the model runs (cpu, cuda:0, …).")
+    head: bool = Field(description="Whether the model has an output head: head_rank and the head's predictions.")
+    notes: list[str] = Field(description="What to know about this model's numbers (said on the page's model line).")
 
 
 class ServerInfo(BaseModel):
@@ -131,8 +133,9 @@ CONTRACT = (
     + ", ".join(f"{m.name} ({'[l][token], layers l to l+1' if m.steps else '[layer][token]'})" for m in MEASURES.values())
     + ", "
     + ", ".join(f"{m.name} ([layer], of the whole text)" for m in TEXT_MEASURES.values())
-    + ", neighbours ([layer][token], nearest first) and, when `similarity` is true, similarity ([layer][token][token]). "
-    "GET /api/models describes each measure."
+    + ", neighbours ([layer][token], nearest first), when `similarity` is true, similarity ([layer][token][token]) "
+    f"and, where the model has an output head, its predictions ({', '.join(HEAD_MEASURES)} is absent without one "
+    "and null where a token has no target). GET /api/models describes each measure."
 )
 
 
@@ -147,8 +150,9 @@ def load_allowed(names: Sequence[str | None], settings: Settings = Settings()) -
 
 def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any]:
     """What the page draws for one run or several side by side (run A first): the last run's model, run A's
-    tokens and default selection, each run's label, every chart's Vega-Lite spec and, once, the datasets the
-    specs name (the page puts them back into each spec), and a note naming tokens not in every run."""
+    tokens and default selection, each run's label, the measures and item tables drawn (those every run has),
+    every chart's Vega-Lite spec and, once, the datasets the specs name (the page puts them back into each spec),
+    and a note naming tokens not in every run."""
     first = runs[0][1]
     comparison = compare([result for _, result in runs])
     specs, data = page_specs(comparison)
@@ -157,7 +161,8 @@ def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any
         "runs": [{"label": label, "model": model.id} for label, (model, _) in zip(comparison.labels, runs)],
         "tokens": [token.__dict__ for token in first.tokens],
         "selected": default_token(first),
-        "measures": [m.name for m in first.charted],
+        "measures": [m.name for m in first.charted if m.name in specs],
+        "tables": [name for name in TABLES if name in specs],
         "charts": specs,
         "datasets": data,
         "note": comparison.note(),
@@ -198,14 +203,16 @@ def create_app(
             vocab_size=handle.vocab_size,
             max_tokens=min(MAX_TOKENS, handle.max_tokens),
             device=str(handle.device),
+            head=head_lens_for(handle) is not None,
+            notes=list(model_notes(handle)),
         )
         for model_id, handle in allowed.items()
     }
     app = FastAPIOffline(
         title="attention-encodings",
         version=__version__,
-        description="Trace every token through every layer of a transformer encoder and measure how its "
-        "representation moves: cosine, rank and neighbour churn.",
+        description="Trace every token through every layer of a transformer and measure how its "
+        "representation moves: cosine, rank, neighbour churn and, through the model's own output head, head rank.",
     )
     app.state.served = served
 
@@ -334,6 +341,7 @@ def serve(
     if open_browser:
         threading.Timer(1.0, webbrowser.open, [url]).start()
     for model in app.state.served.values():
-        print(f"model {model.id!r}: {model.label} ({model.reason}) on {model.device}", flush=True)
+        notes = "".join(f"; {note}" for note in model.notes)
+        print(f"model {model.id!r}: {model.label} ({model.reason}) on {model.device}{notes}", flush=True)
     print(f"attention-encodings: serving {url} (API docs at {url}docs); Ctrl+C stops", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[bound])

@@ -2,7 +2,7 @@
 (their definitions for people are in `catalog`)."""
 
 from ..names import DEFAULT_REFERENCE, NORMALIZATIONS, REFERENCES
-from .lens import ROW_FLOATS, Lens, padded_rows
+from .lens import ROW_FLOATS, HeadLens, Lens, padded_rows
 from .measures import (
     DEFAULT_CHUNK_BYTES,
     SPREAD_BLOCK,
@@ -34,6 +34,7 @@ __all__ = [
     "ROW_FLOATS",
     "SPREAD_BLOCK",
     "EmbeddingReference",
+    "HeadLens",
     "Lens",
     "Measures",
     "Normalization",

@@ -5,6 +5,7 @@ the model's own output logits. Every rank and top-k measure is computed the same
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -33,3 +34,22 @@ class Lens(ABC):
 def padded_rows(rows: int, width: int, device: torch.device) -> Tensor:
     """An uninitialised (rows, width) float32 matrix whose rows are padded to a multiple of ROW_FLOATS."""
     return torch.empty(rows, -(-width // ROW_FLOATS) * ROW_FLOATS, device=device)[:, :width]
+
+
+class HeadLens(Lens):
+    """The model's own output head as a lens (the logit lens): scores are the logits it gives a hidden vector.
+
+    `head` is the function `Adapter.head` returns (final norm, then the head modules), so nothing of the head is
+    re-derived here; it runs in the model's dtype, and its logits are read into float32 rows."""
+
+    name = "head"
+
+    def __init__(self, head: Callable[[Tensor], Tensor], vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.head = head
+
+    def scores(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
+        t, r, h = states.shape
+        logits = self.head(states.reshape(t * r, h)).view(t, r, self.vocab_size)
+        target = padded_rows(t * r, self.vocab_size, states.device).view(t, r, -1) if out is None else out
+        return target.copy_(logits)

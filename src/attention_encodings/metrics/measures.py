@@ -25,7 +25,7 @@ from .lens import ROW_FLOATS, Lens
 from .reference import ReferenceSpace
 
 DEFAULT_CHUNK_BYTES = 192 << 20
-"""Upper bound on the float32 score block held at once: large enough for an efficient GEMM (about a thousand
+"""Upper bound on the float32 score blocks held at once: large enough for an efficient GEMM (about a thousand
 rows for roberta-base), small enough to keep peak memory far below a whole (L·T) × V score matrix."""
 
 SPREAD_BLOCK = 4096
@@ -54,6 +54,9 @@ class Scan:
     """(N+1, T) float32: the mean score over the V items, when asked for (`spread=True`)."""
     std: Tensor | None = None
     """(N+1, T) float32: the population standard deviation of the scores over the V items, when asked for."""
+    log_partition: Tensor | None = None
+    """(N+1, T) float32: log Σ_v exp(score[v]), when asked for; turns the head lens's logits into probabilities,
+    `exp(top_values - log_partition)`."""
 
 
 @dataclass(frozen=True)
@@ -86,22 +89,29 @@ def scan(
     *,
     keep: int,
     spread: bool = False,
+    log_partition: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
 ) -> Scan:
     """Score `states` (N+1, T, h) through `lens` and keep, per (layer, token), the target's score and rank,
-    the `keep` best items and, with `spread`, the mean and standard deviation of all V scores. `targets` (T,) are
-    vocabulary ids, -1 for none; `offsets` (T, e) pass to the lens."""
+    the `keep` best items, with `spread` the mean and standard deviation of all V scores, and with
+    `log_partition` each row's logsumexp (one more pass over the scores). `targets` (T,) are vocabulary ids, -1
+    for none; `offsets` (T, e) pass to the lens."""
     layers, tokens, _ = states.shape
     vocab = lens.vocab_size
     width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
-    chunks = -(-tokens * layers * width * 4 // chunk_bytes)
+    buffers = 2 if log_partition else 1
+    chunks = -(-tokens * layers * width * 4 * buffers // chunk_bytes)
     step = -(-tokens // min(tokens, chunks))
     # Scores in padded rows: the padding stays -inf, so it never counts in a rank nor enters a top-k.
     block = torch.full((step, layers, width), -torch.inf, device=states.device)
+    # The logsumexp's exp(score - max) goes into a second buffer, allocated once (within `chunk_bytes`): twice
+    # as fast as torch.logsumexp, whose fresh temporary per chunk costs page faults.
+    scratch = torch.empty_like(block) if log_partition else None
     by_token = states.transpose(0, 1)
     has_target = targets >= 0
-    pieces = []
+    pieces: list[tuple[Tensor, ...]] = []
+    partitions: list[Tensor] = []
     for start in range(0, tokens, step):
         stop = min(tokens, start + step)
         padded = block[: stop - start]
@@ -109,6 +119,10 @@ def scan(
         own = scores.gather(-1, targets[start:stop].clamp_min(0)[:, None, None].expand(-1, layers, 1))
         values, ids = blocked_top_k(padded, keep)
         spreads = row_mean_std(scores) if spread else ()
+        if scratch is not None:
+            top = values[..., :1]  # each row's maximum: the top-k is sorted, best first
+            shifted = torch.sub(scores, top, out=scratch[: stop - start, :, :vocab])
+            partitions.append(shifted.exp_().sum(dim=-1).log_().add_(top.squeeze(-1)))
         rank = scores.gt_(own).sum(dim=-1)  # overwrites the scores with 0/1, so it comes last; exact below 2**24
         pieces.append((own.squeeze(-1), rank.long(), values, ids, *spreads))
         if progress is not None:
@@ -122,6 +136,7 @@ def scan(
         top_ids=ids,
         mean=mean,
         std=std,
+        log_partition=torch.cat(partitions).transpose(0, 1) if partitions else None,
     )
 
 

@@ -3,13 +3,14 @@
 from .adapters import ADAPTERS, Adapter, EmbeddingParts, adapter_for, supported_families
 from .bundled import BUNDLED_SHA256, bundled_model_dir
 from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, DEVICES, DTYPES, resolve_device, resolve_dtype, set_threads, usable_cpus
-from .loading import BUNDLED_ALIAS, DEFAULT_MODEL, CachedModel, LoadedModel, cached_models, clear_cache, load_model
+from .loading import BUNDLED_ALIAS, DEFAULT_MODEL, SMOLLM2_ALIAS, CachedModel, LoadedModel, cached_models, clear_cache, load_model
 
 __all__ = [
     "ADAPTERS",
     "BUNDLED_ALIAS",
     "BUNDLED_SHA256",
     "DEFAULT_MODEL",
+    "SMOLLM2_ALIAS",
     "Adapter",
     "DEFAULT_DEVICE",
     "DEFAULT_DTYPE",

@@ -32,10 +32,11 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from ..errors import ModelLoadError
-from ..names import BUNDLED_ALIAS
+from ..names import BUNDLED_ALIAS, SMOLLM2_ALIAS
 from .adapters import ADAPTERS, Adapter, adapter_for
 from .bundled import BUNDLED_HUB_ID, BUNDLED_LABEL, bundled_model_dir, verify_bundled
 from .device import DEFAULT_DEVICE, DEFAULT_DTYPE, resolve_device, resolve_dtype
+from .smollm2 import SMOLLM2_DISTRIBUTION, SMOLLM2_LABEL, smollm2_dir
 
 DEFAULT_MODEL = "FacebookAI/roberta-base"
 """The model the seed post used; tried first when no model is named."""
@@ -49,7 +50,8 @@ class LoadedModel:
 
     name: str
     """The model's name, fit to show anyone: its hub id (the bundled model's is
-    `sentence-transformers/all-MiniLM-L6-v2`), or a local directory as it was given. Never an install path."""
+    `sentence-transformers/all-MiniLM-L6-v2`), a local directory as it was given, or `smollm2` (its weights are a
+    dequantised 4-bit copy, so the hub id of the original would not be true). Never an install path."""
     label: str
     """A short name for people (e.g. `roberta-base`, `all-MiniLM-L6-v2 (bundled)`)."""
     reason: str
@@ -113,7 +115,7 @@ def load_model(
     device: str | torch.device = DEFAULT_DEVICE,
     dtype: str | torch.dtype = DEFAULT_DTYPE,
 ) -> LoadedModel:
-    """Load a model by hub id, local directory or `"bundled"`; with no name, resolve the default.
+    """Load a model by hub id, local directory, `"bundled"` or `"smollm2"`; with no name, resolve the default.
 
     The default is roberta-base when it is in the HF cache or can be downloaded, else the bundled
     all-MiniLM-L6-v2. `device` is cpu, cuda (cuda:N) or auto (CUDA when available); `dtype` is the
@@ -180,6 +182,10 @@ def _load_named(name: str, placement: _Placement) -> LoadedModel:
         return _load(str(path.resolve()), placement, local_only=True, name=name, label=path.name, reason=f"local directory {path}")
     if name == BUNDLED_ALIAS:
         return _load_bundled(placement, "named explicitly")
+    if name == SMOLLM2_ALIAS:
+        folder, made = smollm2_dir()
+        origin = f"{SMOLLM2_DISTRIBUTION}, {'dequantised now and cached' if made else 'cached'} at {folder}"
+        return _load(str(folder), placement, local_only=True, name=name, label=SMOLLM2_LABEL, reason=f"named explicitly; {origin}")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
         raise ModelLoadError(f"no model directory at {name!r}")
     if _is_cached(name):
@@ -282,6 +288,7 @@ def clear_cache() -> None:
 
 __all__ = [
     "BUNDLED_ALIAS",
+    "SMOLLM2_ALIAS",
     "DEFAULT_MODEL",
     "CachedModel",
     "LoadedModel",

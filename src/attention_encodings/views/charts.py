@@ -13,6 +13,7 @@ the selected token: the vocabulary mean with its ±1 std band, and the text's an
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,6 +48,11 @@ MEASURES_DATA = "measures"
 """Named dataset: one row per (token, layer), see `measures_data`."""
 NEIGHBOURS_DATA = "neighbours"
 """Named dataset: the neighbour table's cells, see `neighbour_data`."""
+PREDICTIONS_DATA = "predictions"
+"""Named dataset: the head's table's cells, see `prediction_data` (only where the model has an output head)."""
+TABLES = (NEIGHBOURS_DATA, PREDICTIONS_DATA)
+"""The tables of vocabulary items, each a chart and a dataset of that name: the neighbours, and the head's
+predictions (only where the model has an output head)."""
 
 TOKEN_KEY = "token_index"
 """The field that names a row's token for the `selected` and `hovered` parameters; a comparison's rows name run
@@ -99,32 +105,52 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
     """The neighbour table as rows: per (token, layer), the measures, the n nearest items and the token's
     own place, each with its row name, order, cell text, shade and whether it is the token itself."""
     near = result.neighbours_frame()
+    items = near.rename(columns={"neighbour": "place", "neighbour_id": "id", "neighbour_text": "text", "cosine": "score"})
     ids = np.array([t.id for t in result.tokens])
+    return _table_data(result, items, ids, "rank", "own")
+
+
+def prediction_data(result: Analysis) -> pd.DataFrame:
+    """The head's table as rows, like `neighbour_data`: per (token, layer), the measures, the head's n most
+    probable items with their probabilities (its target outlined), and the target's place when it falls outside
+    them (the target: the token itself for a masked LM, the next token for a causal one)."""
+    near = result.predictions_frame()
+    items = near.rename(
+        columns={"prediction": "place", "prediction_id": "id", "prediction_text": "text", "probability": "score"}
+    )
+    return _table_data(result, items, np.asarray(result.head_targets), "head_rank", "target")
+
+
+def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank: str, own_row: str) -> pd.DataFrame:
+    """Rows of a per-layer table of ranked vocabulary items (`items`: token_index, layer, place, id, text and a
+    score in 0..1 that shades the cell): first every measure, then the items (the token's target, `targets` by
+    column, outlined), then the row `own_row`: the target with its `rank` wherever it falls outside the items."""
     position = {t.index: column for column, t in enumerate(result.tokens)}
-    columns = near.token_index.map(position).to_numpy()
-    near_text = near.neighbour_text.map(readable)
-    shown = result.charted
-    neighbours = pd.DataFrame(
+    columns = items.token_index.map(position).to_numpy()
+    listed = pd.DataFrame(
         {
-            "token_index": near.token_index,
-            "layer": near.layer,
-            "row": near.neighbour.astype(str),
-            "order": near.neighbour + len(shown) - 1,
-            "text": near_text + "  " + near.cosine.map("{:.2f}".format),
-            "shade": near.cosine,
-            "own": near.neighbour_id.to_numpy() == ids[columns],
+            "token_index": items.token_index,
+            "layer": items.layer,
+            "row": items.place.astype(str),
+            "order": items.place + len(result.charted) - 1,
+            "text": items.text.map(readable) + "  " + items.score.map("{:.2f}".format),
+            "shade": items.score,
+            "own": items.id.to_numpy() == targets[columns],
         }
     )
     frame = measures_data(result)
     n = result.neighbour_ids.shape[2]
-    outside = frame[frame["rank"] >= n]
+    outside = frame[(frame[rank] >= n).fillna(False)]
+    names = {t.id: readable(t.text) for t in result.tokens}
+    target = pd.Series(targets[outside.token_index.map(position).to_numpy()], index=outside.index, dtype=object)
+    own_text = target.map(names) + "  #" + outside[rank].map(str).astype(object)
+    if rank == "rank":
+        own_text = own_text + "  " + outside.cosine.map("{:.2f}".format).astype(object)
     summary = [
         (f"{m.name}→next" if m.info.steps else m.name, order, frame[m.info.column].map(partial(_printed, m.info.format)), frame)
-        for order, m in enumerate(shown)
+        for order, m in enumerate(result.charted)
     ]
-    summary.append(
-        ("own", n + len(summary), outside.token + "  #" + outside["rank"].map(str) + "  " + outside.cosine.map("{:.2f}".format), outside)
-    )
+    summary.append((own_row, n + len(summary), own_text, outside))
     rows = [
         pd.DataFrame(
             {
@@ -134,12 +160,12 @@ def neighbour_data(result: Analysis) -> pd.DataFrame:
                 "order": order,
                 "text": text,
                 "shade": np.nan,
-                "own": name == "own",
+                "own": name == own_row,
             }
         )
         for name, order, text, part in summary
     ]
-    return pd.concat([*rows, neighbours], ignore_index=True)
+    return pd.concat([*rows, listed], ignore_index=True)
 
 
 def _printed(number_format: str, value: Any) -> str:
@@ -232,13 +258,23 @@ def _baseline_layers(result: Analysis, info: MeasureInfo, data: alt.NamedData) -
     return layers
 
 
+def measure_axis(info: MeasureInfo, largest: float) -> alt.Axis:
+    """A measure's value axis: its number format and, on a symlog scale, ticks at 0, 1, 10, 100, … up to `largest`
+    (Vega's own ticks on a symlog scale are evenly spaced, so a rank axis would show only 0 and the tens of
+    thousands)."""
+    if info.scale != "symlog":
+        return alt.Axis(format=info.format)
+    return alt.Axis(format=info.format, values=[0] + [10**power for power in range(len(str(max(int(largest), 1))))])
+
+
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     """One measure against layer, a line per token: the selected token drawn in colour and labelled,
     the hovered one in a second colour, the others muted; the measure's baselines for the selected token behind
     them (see `_baseline_layers`). Reads the `measures` dataset."""
     info = MEASURES[measure]
     field = info.column
-    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=alt.Axis(format=info.format))
+    axis = measure_axis(info, np.max(result.measure(measure).values, initial=1))
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=axis)
     data = alt.NamedData(MEASURES_DATA)
     base = alt.Chart(data).encode(x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info))
     base = base.transform_filter(f"isValid(datum.{field})")
@@ -297,8 +333,24 @@ def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
     """The selected token (by `key`), layer by layer: its charted measures, its n nearest vocabulary items with
     their cosines (its own entry outlined), and its own rank when it falls outside the n. Reads the `neighbours`
     dataset."""
+    n = result.neighbour_ids.shape[2]
+    title = f"Nearest {n} vocabulary items per layer"
+    return _item_table(result, NEIGHBOURS_DATA, key, title, " (its own entry outlined)")
+
+
+def prediction_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
+    """The selected token (by `key`), layer by layer: its measures, the output head's n most probable items with
+    their probabilities (the target outlined), and the target's head rank when it falls outside the n. Reads the
+    `predictions` dataset."""
+    n = result.neighbour_ids.shape[2]
+    title = f"The output head's {n} most probable items per layer"
+    return _item_table(result, PREDICTIONS_DATA, key, title, " (the target outlined)")
+
+
+def _item_table(result: Analysis, data: str, key: str, title: str, note: str) -> alt.LayerChart:
+    """A table of ranked vocabulary items per layer for the selected token, from a dataset of `_table_data`."""
     base = (
-        alt.Chart(alt.NamedData(NEIGHBOURS_DATA))
+        alt.Chart(alt.NamedData(data))
         .transform_filter(is_token(SELECTED, key))
         .encode(
             x=alt.X("layer:O", title="layer", axis=alt.Axis(orient="top", labelAngle=0, domain=False, ticks=False)),
@@ -324,15 +376,25 @@ def neighbour_table(result: Analysis, key: str = TOKEN_KEY) -> alt.LayerChart:
         own,
         plain,
         bold,
-        title=_title(f"Nearest {n} vocabulary items per layer", " (its own entry outlined)"),
+        title=_title(title, note),
         width=108 * len(result.layers),
         height=18 * (n + shown + 1),
     )
 
 
+def _tables(result: Analysis) -> dict[str, tuple[Callable[[Analysis], pd.DataFrame], Callable[[Analysis], alt.LayerChart]]]:
+    """The tables of vocabulary items this analysis has, each named as its chart and dataset, with the
+    functions that make its rows and its chart: the neighbours, and the head's predictions where there is a head."""
+    tables = {NEIGHBOURS_DATA: (neighbour_data, neighbour_table)}
+    if result.has_head:
+        tables[PREDICTIONS_DATA] = (prediction_data, prediction_table)
+    return tables
+
+
 def datasets(result: Analysis) -> dict[str, list[dict[str, Any]]]:
-    """The named datasets every chart reads: `measures` and `neighbours`, as JSON-ready rows."""
-    frames = {MEASURES_DATA: measures_data(result), NEIGHBOURS_DATA: neighbour_data(result)}
+    """The named datasets every chart reads: `measures`, `neighbours` and (with a head) `predictions`, as
+    JSON-ready rows."""
+    frames = {MEASURES_DATA: measures_data(result)} | {name: rows(result) for name, (rows, _) in _tables(result).items()}
     return {name: json.loads(frame.to_json(orient="records")) for name, frame in frames.items()}
 
 
@@ -345,7 +407,7 @@ def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevel
     shown = [m.name for m in result.charted]
     built = {measure: trajectory_chart(result, measure) for measure in shown}
     built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in shown}
-    built["neighbours"] = neighbour_table(result)
+    built |= {name: table(result) for name, (_, table) in _tables(result).items()}
     return {name: _finish(chart, result, token) for name, chart in built.items()}
 
 
@@ -358,11 +420,12 @@ def _attach(chart: alt.TopLevelMixin, data: dict[str, list[dict[str, Any]]]) -> 
 
 def charts(result: Analysis, token: int | str | None = None) -> dict[str, alt.TopLevelMixin]:
     """Every chart, each standalone: a line chart per charted measure (`cosine`, `rank`, `overlap`, `zscore`, …),
-    a heatmap per charted measure (`cosine_heatmap`, …) and `neighbours` (the table), with `token` selected."""
+    a heatmap per charted measure (`cosine_heatmap`, …), `neighbours` (the table) and, with a head,
+    `predictions`, with `token` selected."""
     data = datasets(result)
     built = _charts(result, token)
     for name, chart in built.items():
-        key = NEIGHBOURS_DATA if name == "neighbours" else MEASURES_DATA
+        key = name if name in data else MEASURES_DATA
         _attach(chart, {key: data[key]})
     return built
 
@@ -375,14 +438,16 @@ def chart_specs(result: Analysis, token: int | str | None = None) -> tuple[dict[
 
 def figure(result: Analysis, measure: str = "all", token: int | str | None = None) -> alt.TopLevelMixin:
     """One figure: a measure's line chart, or (`"all"`) every charted measure's line chart, the heatmaps and the
-    neighbour table, with `token` selected."""
-    data = datasets(result)
-    shown = [m.name for m in result.charted]
+    tables (neighbours; the head's predictions where there is a head), with `token` selected. A measure this
+    analysis lacks (head_rank without a head) is a one-line `MeasureUnavailableError`."""
     if check_figure(measure) != "all":
-        if measure not in shown:
-            raise OptionError(f"this analysis has no {measure!r} measure; it has {', '.join(shown)}")
+        result.measure(measure)
+    data = datasets(result)
+    if measure != "all":
         return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
+    shown = [m.name for m in result.charted]
     lines = alt.hconcat(*(trajectory_chart(result, m) for m in shown), spacing=30).resolve_scale(color="independent")
     maps = alt.hconcat(*(heatmap(result, m) for m in shown), spacing=40).resolve_scale(color="independent")
-    chart = alt.vconcat(lines, maps, neighbour_table(result), spacing=36).resolve_scale(color="independent")
+    tables = [table(result) for _, table in _tables(result).values()]
+    chart = alt.vconcat(lines, maps, *tables, spacing=36).resolve_scale(color="independent")
     return _attach(_finish(chart, result, token), data)

@@ -29,6 +29,7 @@ from .charts import (
     LINE_SIZE,
     MEASURES_DATA,
     NEIGHBOURS_DATA,
+    PREDICTIONS_DATA,
     SELECTED,
     _attach,
     _finish,
@@ -40,9 +41,12 @@ from .charts import (
     check_figure,
     heatmap,
     is_token,
+    measure_axis,
     measures_data,
     neighbour_data,
     neighbour_table,
+    prediction_data,
+    prediction_table,
     token_label,
 )
 
@@ -96,12 +100,21 @@ def similarity_rows(comparison: Comparison) -> list[dict[str, Any]]:
     return rows
 
 
+def _heads(comparison: Comparison) -> bool:
+    """Whether every run's model has an output head, so the runs' predictions can stand side by side."""
+    return all(run.has_head for run in comparison.runs)
+
+
 def comparison_datasets(comparison: Comparison) -> dict[str, list[dict[str, Any]]]:
-    """The `measures` and `neighbours` datasets of every run, one after another, with `run`, `run_label`, `key`."""
-    return {
+    """The `measures` and `neighbours` (and, where every run has a head, `predictions`) datasets of every run, one
+    after another, with `run`, `run_label`, `key`."""
+    data = {
         MEASURES_DATA: _rows(_runs_frame(comparison, measures_data)),
         NEIGHBOURS_DATA: _rows(_runs_frame(comparison, neighbour_data)),
     }
+    if _heads(comparison):
+        data[PREDICTIONS_DATA] = _rows(_runs_frame(comparison, prediction_data))
+    return data
 
 
 def _run_scale(comparison: Comparison, channel: str) -> alt.Scale:
@@ -129,7 +142,8 @@ def overlay_chart(comparison: Comparison, measure: str) -> alt.LayerChart:
     info = MEASURES[measure]
     field = info.column
     widest = max(comparison.runs, key=lambda run: (info.bounds(run.settings) or [0, 0])[1])
-    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(widest, info), axis=alt.Axis(format=info.format))
+    largest = max(np.max(run.measure(measure).values, initial=1) for run in comparison.runs)
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(widest, info), axis=measure_axis(info, largest))
     base = (
         alt.Chart(alt.NamedData(MEASURES_DATA))
         .transform_filter(f"isValid(datum.{field}) && {is_token(SELECTED, KEY)}")
@@ -165,25 +179,32 @@ def _measures(comparison: Comparison) -> list[str]:
 
 def comparison_charts(comparison: Comparison) -> dict[str, alt.TopLevelMixin]:
     """The page's charts for runs side by side, under the names of one analysis's: a line chart per measure with
-    a line per run, a heatmap per measure with the runs side by side, and the runs' neighbour tables."""
+    a line per run, a heatmap per measure with the runs side by side, and the runs' neighbour tables (and their
+    head's predictions, where every run has a head)."""
     built: dict[str, alt.TopLevelMixin] = {measure: overlay_chart(comparison, measure) for measure in _measures(comparison)}
     for measure in _measures(comparison):
         maps = _side_by_side(comparison, partial(heatmap, measure=measure, key=KEY), f"{measure}, every token × layer")
         built[f"{measure}_heatmap"] = maps.resolve_scale(color="shared")
     built["neighbours"] = _side_by_side(comparison, partial(neighbour_table, key=KEY), "nearest vocabulary items")
+    if _heads(comparison):
+        built["predictions"] = _side_by_side(comparison, partial(prediction_table, key=KEY), "the output head's predictions")
     return built
 
 
 def overlay_figure(comparison: Comparison, measure: str = "all", token: int | str | None = None) -> alt.TopLevelMixin:
     """The runs of `comparison` in one figure: a measure's overlaid line chart, or (`"all"`) every measure's,
-    the heatmaps side by side and the neighbour tables side by side; `token` (of run A) selected."""
+    the heatmaps side by side and the neighbour tables (and head predictions) side by side; `token` (of run A)
+    selected."""
     built = comparison_charts(comparison)
     if check_figure(measure) != "all":
+        for run in comparison.runs:  # a measure some run lacks (head_rank without a head) says why, in one line
+            run.measure(measure)
         chart = built[measure]
     else:
         measures = _measures(comparison)
         lines = alt.hconcat(*(built[m] for m in measures), spacing=30).resolve_scale(color="shared", strokeDash="shared")
-        chart = alt.vconcat(lines, *(built[f"{m}_heatmap"] for m in measures), built["neighbours"], spacing=36)
+        tables = [built[name] for name in ("neighbours", "predictions") if name in built]
+        chart = alt.vconcat(lines, *(built[f"{m}_heatmap"] for m in measures), *tables, spacing=36)
         chart = chart.resolve_scale(color="independent", strokeDash="independent")
     return _attach(_finish(chart, comparison.runs[0], token), comparison_datasets(comparison))
 

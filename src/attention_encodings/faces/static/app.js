@@ -5,8 +5,10 @@
 // layer is a slider (a Vega parameter), read from the similarity the page asks for once, on the first pairing.
 // "Pin" keeps the current analysis as run A; a changed model, tap, reference or text then draws as run B beside
 // it (POST /api/compare: a line per run, heatmaps side by side; tokens are run A's, matched by text).
-// The whole view (text, settings, selected and paired tokens, the pinned run) lives in the URL's fragment, so the
-// address can be shared.
+// The table under the charts switches between the nearest vocabulary items and the output head's predictions
+// without asking the server either: both are drawn, one is shown.
+// The whole view (text, settings, selected and paired tokens, the pinned run, the table) lives in the URL's
+// fragment, so the address can be shared.
 // (The fragment, not the query: Vega's SVG legends refer to their gradients by the page's address without
 // its fragment, so changing the query would break them.)
 
@@ -28,6 +30,7 @@ const page = {
   paired: -1,        // the token paired with the selected one, -1 for none
   pinned: null,      // run A's request, or null
   hovered: -1,
+  table: "neighbours",  // which item table shows: "neighbours" or "predictions"
   generation: 0,     // answers to older requests are ignored
 };
 
@@ -98,6 +101,7 @@ function readURL() {
     page.pinned = runOf(pinned);
   }
   syncStats();
+  page.table = query.get("table") || "neighbours";
   return readNumber(query, "token");
 }
 
@@ -111,6 +115,7 @@ function writeURL() {
     query.set(`${PINNED}text`, page.pinned.text);
     for (const name of SETTINGS) if (page.pinned[name] !== undefined) query.set(`${PINNED}${name}`, page.pinned[name]);
   }
+  if (page.table !== "neighbours") query.set("table", page.table);
   history.replaceState(null, "", `#${query}`);
 }
 
@@ -176,7 +181,8 @@ async function analyse(wanted = null) {
 }
 
 function describeModel(model) {
-  $("#model-line").textContent = `Model: ${model.label}, ${model.layers} layers, ${model.vocab_size.toLocaleString()} vocabulary items, on ${model.device} (${model.reason}).`;
+  const notes = model.notes.map((note) => ` Note: ${note}.`).join("");
+  $("#model-line").textContent = `Model: ${model.label}, ${model.layers} layers, ${model.vocab_size.toLocaleString()} vocabulary items, on ${model.device} (${model.reason}).${notes}`;
 }
 
 function chipText(token) {
@@ -202,16 +208,33 @@ function drawChips(tokens) {
   }
 }
 
-// One line chart and one heatmap per measure the analysis has, in the server's order (views/charts.py).
-function layoutFigures(measures) {
-  const figures = (suffix) => measures.map((name) => {
+// One line chart and one heatmap per measure the analysis has, in the server's order (views/charts.py), and
+// one figure per item table it has.
+function layoutFigures(result) {
+  const figures = (names, suffix = "") => names.map((name) => {
     const figure = document.createElement("figure");
     figure.className = "chart";
     figure.dataset.chart = `${name}${suffix}`;
     return figure;
   });
-  $("#lines").replaceChildren(...figures(""));
-  $("#maps").replaceChildren(...figures("_heatmap"));
+  $("#lines").replaceChildren(...figures(result.measures));
+  $("#maps").replaceChildren(...figures(result.measures, "_heatmap"));
+  $("#tables").replaceChildren(...figures(result.tables));
+}
+
+// Show the chosen item table; the head's predictions only where the model has an output head.
+function showTable() {
+  const tables = page.result ? page.result.tables : ["neighbours"];
+  const shown = tables.includes(page.table) ? page.table : "neighbours";
+  for (const figure of document.querySelectorAll("#tables figure")) figure.hidden = figure.dataset.chart !== shown;
+  for (const radio of document.querySelectorAll("input[name=table]")) {
+    radio.checked = radio.value === shown;
+    radio.disabled = !tables.includes(radio.value);
+    radio.parentElement.classList.toggle("disabled", radio.disabled);
+  }
+  const comparing = page.result && page.result.runs.length > 1;
+  const missing = comparing ? "(not every run has an output head)" : "(this model has no output head)";
+  $("#table-note").textContent = tables.includes("predictions") ? "" : missing;
 }
 
 // The pinned run and, when comparing, what sets the runs apart and which tokens did not match.
@@ -240,7 +263,8 @@ async function draw(result, wanted) {
   for (const view of Object.values(page.views)) view.finalize();
   page.views = {};
   page.params = {};
-  layoutFigures(result.measures);
+  layoutFigures(result);
+  showTable();
   describeRuns(result);
   const indices = new Set(result.tokens.map((t) => t.index));
   page.selected = indices.has(wanted) ? wanted : result.selected;
@@ -401,6 +425,9 @@ async function start() {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); analyse(page.selected); }
   });
   for (const name of SETTINGS) $(`#${name}`).addEventListener("change", () => { syncStats(); analyse(page.selected); });
+  for (const radio of document.querySelectorAll("input[name=table]")) {
+    radio.addEventListener("change", () => { page.table = radio.value; showTable(); writeURL(); });
+  }
   for (const button of document.querySelectorAll("[data-download]")) {
     button.addEventListener("click", () => saveAnalysis(button.dataset.download));
   }

@@ -1,0 +1,347 @@
+"""Measuring a corpus batch by batch: a deterministic plan of padded batches, the measures of one batch as table
+rows and partial sums, and two engines that run the plan (in this process, or on Ray Data's model actors).
+
+The driver plans every batch before any is measured, from the texts alone: texts are sorted by token count within
+windows of `WINDOW` texts (so little is padding) and cut into batches of at most `batch_tokens` padded tokens. Every
+engine, and a resumed run, measures exactly these batches, so they all write the same numbers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..analysis import Trajectory, load_for, measure_texts
+from ..catalog import MEASURES
+from ..errors import InputError, OptionError
+from ..metrics.similarity import unit
+from ..models import LoadedModel, set_threads, usable_cpus
+from ..names import CORPUS_ENGINES
+from ..settings import Settings
+from ..trace import encode
+from . import words as word_classes
+from .sources import Source, Word
+
+WINDOW = 1024
+"""Texts sorted by length together: long enough to batch texts of similar length, short enough to keep the plan in
+input order at large."""
+RAY_ACTOR_CPUS = 0.5
+"""What each model actor reserves from Ray: a fraction, so that Ray's own read tasks still find a CPU on a small
+machine (with whole CPUs the actors take them all and the job waits forever). Each actor sets its torch threads."""
+
+
+@dataclass(frozen=True)
+class TextStatus:
+    """What became of one input record: ok, truncated or skipped, why, and how many tokens it has."""
+
+    status: str
+    reason: str | None
+    n_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch of the plan: its texts, in input order."""
+
+    index: int
+    text_indices: tuple[int, ...]
+    texts: tuple[str, ...]
+    sent_ids: tuple[str | None, ...]
+    words: tuple[tuple[Word, ...] | None, ...]
+    tokens: int
+
+
+@dataclass
+class Shard:
+    """The measures of one batch: its rows, and the float64 sums its statistics add up from."""
+
+    index: int
+    tokens: Any
+    """pyarrow Table: one row per (text, layer, token)."""
+    items: dict[str, Any]
+    """pyarrow Tables of ranked vocabulary items, by dataset: `neighbours` (one row per text, layer, token and
+    neighbour) and, where the model has an output head, `predictions`; empty when `neighbours` is 0."""
+    sums: dict[str, np.ndarray]
+    text_indices: tuple[int, ...]
+    n_tokens: int
+    seconds: float
+
+
+def check_engine(engine: str) -> str:
+    if engine not in CORPUS_ENGINES:
+        raise OptionError(f"unknown engine {engine!r}; choose one of: {', '.join(CORPUS_ENGINES)}")
+    return engine
+
+
+def check_batch_tokens(batch_tokens: int) -> int:
+    if isinstance(batch_tokens, bool) or not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise OptionError(f"batch_tokens must be a whole number of at least 1; got {batch_tokens!r}")
+    return batch_tokens
+
+
+def plan(handle: LoadedModel, settings: Settings, source: Source, batch_tokens: int) -> tuple[list[TextStatus], list[Batch]]:
+    """Every record's status, and the batches that measure the ones that can be measured. A record that `encode`
+    refuses (empty, over the model's limit without truncation, only special tokens) is skipped with its reason."""
+    statuses: list[TextStatus] = []
+    lengths: dict[int, int] = {}
+    for index, record in enumerate(source.records):
+        if record.text is None:
+            statuses.append(TextStatus("skipped", record.reason, None))
+            continue
+        try:
+            encoding = encode(handle, record.text, truncate=settings.truncate)
+        except InputError as error:
+            statuses.append(TextStatus("skipped", str(error), None))
+            continue
+        lengths[index] = len(encoding)
+        if encoding.dropped:
+            whole = len(encoding) + encoding.dropped
+            statuses.append(TextStatus("truncated", f"cut from {whole} to {len(encoding)} tokens", len(encoding)))
+        else:
+            statuses.append(TextStatus("ok", None, len(encoding)))
+    measured = list(lengths)
+    batches: list[Batch] = []
+    for start in range(0, len(measured), WINDOW):
+        window = sorted(measured[start : start + WINDOW], key=lambda i: (lengths[i], i))
+        group: list[int] = []
+        for index in window:
+            if group and (len(group) + 1) * lengths[index] > batch_tokens:
+                batches.append(_batch(len(batches), group, source, lengths))
+                group = []
+            group.append(index)
+        if group:
+            batches.append(_batch(len(batches), group, source, lengths))
+    return statuses, batches
+
+
+def _batch(number: int, indices: list[int], source: Source, lengths: dict[int, int]) -> Batch:
+    ordered = sorted(indices)
+    records = [source.records[i] for i in ordered]
+    return Batch(
+        number,
+        tuple(ordered),
+        tuple(r.text or "" for r in records),
+        tuple(r.sent_id for r in records),
+        tuple(r.words for r in records),
+        sum(lengths[i] for i in ordered),
+    )
+
+
+def measure_batch(handle: LoadedModel, settings: Settings, batch: Batch, *, tag: bool = False) -> Shard:
+    """Measure one batch (`analysis.measure_texts`, the computation behind `analyze()`) and lay it out as rows:
+    text by text in input order, then layer, then token, as `Analysis.to_frame()` does for one text; `tag` gives
+    texts without gold words spaCy's."""
+    import pyarrow as pa
+
+    start = time.perf_counter()
+    encodings = [encode(handle, text, truncate=settings.truncate) for text in batch.texts]
+    measured = measure_texts(handle, settings, encodings)
+    layers = measured.neighbour_ids.shape[0]
+    lengths = np.array([len(e) for e in encodings])
+    total = int(lengths.sum())
+    text_of = np.repeat(np.arange(len(encodings)), lengths)
+    position = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids = torch.cat([e.input_ids for e in encodings]).cpu().numpy()
+    special = np.isin(ids, handle.tokenizer.all_special_ids)
+    word_of, upos_of = _word_columns(handle, batch, encodings, tag)
+
+    layer_grid = np.repeat(np.arange(layers), total)
+    token_grid = np.tile(np.arange(total), layers)
+    order = np.lexsort((token_grid, layer_grid, text_of[token_grid]))
+    """Rows text by text, then layer, then token: indices into the layer-major (layers × total) values."""
+    rows = token_grid[order]
+    words_of_rows = word_of[rows]
+    columns: dict[str, Any] = {
+        "text_index": np.asarray(batch.text_indices, dtype=np.int64)[text_of[rows]],
+        "sent_id": pd.array(np.array(batch.sent_ids, dtype=object)[text_of[rows]], dtype="string"),
+        "token_index": position[rows],
+        "token_id": ids[rows],
+        "token": pd.array(np.array(handle.token_texts(ids.tolist()), dtype=object)[rows], dtype="string"),
+        "special": special[rows],
+        "word_index": pd.array(np.where(words_of_rows < 0, 0, words_of_rows), dtype="Int64"),
+        "upos": pd.array(upos_of[rows], dtype="string"),
+        "layer": layer_grid[order],
+    }
+    columns["word_index"][words_of_rows < 0] = pd.NA
+    layer_labels = tuple(range(layers))
+    for name, values in measured.values.items():
+        info = MEASURES[name]
+        trajectory = Trajectory(info, layer_labels[:-1] if info.steps else layer_labels, values.numpy())
+        columns[info.column] = trajectory.column(layers)[order]
+    table = pa.Table.from_pandas(pd.DataFrame(columns), preserve_index=False)
+    items = {}
+    if settings.neighbours:
+        items["neighbours"] = _item_rows(handle, "neighbour", measured.neighbour_ids, "cosine", measured.neighbour_cosines, order, columns)
+        if measured.prediction_ids is not None and measured.prediction_probabilities is not None:
+            items["predictions"] = _item_rows(
+                handle, "prediction", measured.prediction_ids, "probability", measured.prediction_probabilities, order, columns
+            )
+    sums = _sums(measured.states, torch.from_numpy(~special), torch.from_numpy(text_of), len(encodings))
+    return Shard(batch.index, table, items, sums, batch.text_indices, total, time.perf_counter() - start)
+
+
+def _word_columns(handle: LoadedModel, batch: Batch, encodings: Sequence[Any], tag: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each packed token's word index (-1 for none) and that word's UPOS (None for none)."""
+    total = sum(len(e) for e in encodings)
+    word_of = np.full(total, -1, dtype=np.int64)
+    upos_of = np.full(total, None, dtype=object)
+    words = list(batch.words)
+    if tag:
+        tagged = iter(word_classes.tag([t for t, w in zip(batch.texts, words) if w is None]))
+        words = [w if w is not None else next(tagged) for w in words]
+    if not handle.tokenizer.is_fast or all(w is None for w in words):
+        return word_of, upos_of
+    found = handle.tokenizer(
+        list(batch.texts),
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        truncation=True,
+        max_length=handle.max_tokens,
+        verbose=False,
+    )
+    start = 0
+    for text, encoding, offsets, ids, text_words in zip(
+        batch.texts, encodings, found["offset_mapping"], found["input_ids"], words
+    ):
+        stop = start + len(encoding)
+        if text_words is not None and ids == encoding.input_ids.tolist():
+            owners = word_classes.token_words(text, offsets, text_words)
+            word_of[start:stop] = owners
+            tags = np.array([w.upos for w in text_words] + [None], dtype=object)
+            upos_of[start:stop] = tags[owners]
+        start = stop
+    return word_of, upos_of
+
+
+def _item_rows(
+    handle: LoadedModel,
+    item: str,
+    ids: torch.Tensor,
+    score: str,
+    scores: torch.Tensor,
+    order: np.ndarray,
+    columns: dict[str, Any],
+):
+    """One row per (text, layer, token, item) of a ranked list of vocabulary items ((layers, tokens, n) `ids`
+    and `scores`), in the order of the token rows, with the columns of `Analysis._items_frame`."""
+    import pyarrow as pa
+
+    n = ids.shape[2]
+    flat = (order[:, None] * n + np.arange(n)).reshape(-1)
+    near = ids.numpy().reshape(-1)[flat]
+    unique = np.unique(near)
+    texts = np.array(handle.token_texts(unique.tolist()), dtype=object)
+    frame = pd.DataFrame(
+        {
+            "text_index": np.repeat(columns["text_index"], n),
+            "token_index": np.repeat(columns["token_index"], n),
+            "layer": np.repeat(columns["layer"], n),
+            item: np.tile(np.arange(1, n + 1), len(order)),
+            f"{item}_id": near,
+            f"{item}_text": pd.array(texts[np.searchsorted(unique, near)], dtype="string"),
+            score: scores.numpy().reshape(-1)[flat],
+        }
+    )
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts: int) -> dict[str, np.ndarray]:
+    """Float64 sums over one batch's non-special tokens, from which `stats.npz` and the cross-text anisotropy add
+    up exactly: Σx and Σx² per layer and dimension, the count; Σu over unit vectors u, Σ_t |Σ_{p∈t} u_p|² over
+    texts t, and Σ_t n_t²."""
+    keep = keep.to(states.device)
+    kept = states[:, keep]
+    x = kept.double()
+    u = unit(kept).double()
+    owners = text_of.to(states.device)[keep]
+    per_text = torch.zeros(u.shape[0], texts, u.shape[2], dtype=torch.float64, device=u.device).index_add_(1, owners, u)
+    counts = torch.bincount(owners, minlength=texts).double()
+    return {
+        "sum": x.sum(dim=1).cpu().numpy(),
+        "sum_sq": x.pow(2).sum(dim=1).cpu().numpy(),
+        "count": np.array(int(keep.sum())),
+        "unit_sum": u.sum(dim=1).cpu().numpy(),
+        "text_unit_sq": per_text.pow(2).sum(dim=(1, 2)).cpu().numpy(),
+        "text_count_sq": np.array(float(counts.pow(2).sum())),
+    }
+
+
+def run_local(handle: LoadedModel, settings: Settings, batches: Sequence[Batch], *, tag: bool) -> Iterator[Shard]:
+    """The local engine: each batch in turn, in this process, on the loaded model."""
+    for batch in batches:
+        yield measure_batch(handle, settings, batch, tag=tag)
+
+
+class _Measurer:
+    """A Ray Data model actor: loads the model once, then measures the batches it is handed."""
+
+    def __init__(self, settings: Settings, tag: bool, threads: int) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        set_threads(threads)
+        self.settings, self.tag = settings, tag
+        self.handle = load_for(settings)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards = [pickle.dumps(measure_batch(self.handle, self.settings, pickle.loads(b), tag=self.tag)) for b in rows["batch"]]
+        return {"shard": np.array(shards, dtype=object)}
+
+
+def run_ray(
+    settings: Settings, batches: Sequence[Batch], *, tag: bool, address: str | None, on_start: Callable[[str], None] | None = None
+) -> Iterator[Shard]:
+    """The Ray engine: Ray Data over the batch descriptors, `map_batches` over a pool of model actors (each loads
+    `settings.model` itself), results back to this process, which writes them. Starts a local Ray for the run
+    unless `address` names a cluster (`auto`, `ray://host:10001`)."""
+    try:
+        import ray
+    except ImportError as error:
+        raise InputError("the ray engine needs Ray: pip install 'attention-encodings[ray]'") from error
+    if not batches:
+        return
+    started = not ray.is_initialized()
+    if started:
+        local = {"num_cpus": usable_cpus(), "object_store_memory": 512 << 20} if address is None else {}
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise InputError(
+                f"cannot start or reach Ray at {address or 'a new local instance'}: {str(error).splitlines()[0]}"
+            ) from error
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        threads = settings.threads or 1
+        gpu = settings.device.startswith("cuda")
+        resources = ray.cluster_resources()
+        slots = int(resources.get("GPU", 0)) if gpu else int(resources.get("CPU", 1)) // threads
+        actors = max(1, min(len(batches), slots))
+        if on_start is not None:
+            on_start(
+                f"ray: {actors} model actor{'s' if actors > 1 else ''} on "
+                f"{'a cluster at ' + address if address else 'a local Ray'}"
+            )
+        items = [{"batch": pickle.dumps(b)} for b in batches]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _Measurer,
+            fn_constructor_kwargs={"settings": settings, "tag": tag, "threads": threads},
+            batch_size=1,
+            concurrency=actors,
+            num_cpus=RAY_ACTOR_CPUS,
+            num_gpus=1 if gpu else None,
+        )
+        for row in dataset.iter_rows():
+            yield pickle.loads(row["shard"])
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,108 @@
+"""`report.html`: the corpus summary as one self-contained page (Vega inlined, no CDN), opened by a double click."""
+
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+import pandas as pd
+
+from ..settings import Settings
+from ..views.corpus import corpus_charts
+from ..views.export import vega_javascript
+from .summary import group_order
+from .words import UPOS
+
+STYLE = """
+body { font-family: Inter, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 28px 36px; color: #212529; }
+h1 { font-size: 22px; margin: 0 0 6px; } h2 { font-size: 17px; margin: 30px 0 8px; }
+.model { color: #495057; margin: 0 0 16px; } .note { background: #fff4e6; padding: 8px 12px; border-radius: 4px; }
+table { border-collapse: collapse; margin: 0 28px 12px 0; font-size: 13px; display: inline-table; vertical-align: top; }
+th { text-align: left; font-weight: 600; padding: 3px 14px 3px 0; color: #495057; } td { padding: 3px 14px 3px 0; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.charts { display: flex; flex-wrap: wrap; gap: 18px 36px; } figure { margin: 0; }
+.explain { color: #495057; font-size: 13px; max-width: 980px; }
+"""
+
+
+def _rows(pairs: list[tuple[str, Any]]) -> str:
+    return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
+
+
+def _script(data: Any) -> str:
+    """JSON safe to place inside a <script> element."""
+    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+
+
+def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings) -> str:
+    """The page: the model line, the counts, the settings and the speed, then every measure against the layer per
+    group (median line, interquartile band)."""
+    columns = manifest["measures"]
+    present = summary["group"].unique().tolist()
+    classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
+    specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}
+    model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
+    model_line = f"model: {model['label']} ({model['reason']}) on {model['device']}, {model['dtype']}"
+    speed = f"{timing['tokens_per_s']:,.0f} tokens/s" if timing.get("tokens_per_s") else "—"
+    facts = [
+        ("input", f"{manifest['input']['path']} ({manifest['input']['format']})"),
+        ("texts", f"{counts['texts']:,}: {counts['ok']:,} ok, {counts['truncated']:,} truncated, {counts['skipped']:,} skipped"),
+        ("tokens measured", f"{counts['tokens']:,} ({counts['rows']:,} rows over {len(manifest['layers'])} layers)"),
+        ("speed", f"{speed} ({manifest['run']['engine']} engine, {timing['seconds']:,.1f} s measuring)"),
+        ("word classes", manifest["word_classes"] or "none"),
+        ("attention-encodings", manifest["version"]),
+    ]
+    chosen = manifest["settings"]
+    settings_rows = [(k, chosen[k]) for k in ("tap", "reference", "top_k", "neighbours", "truncate", "dtype")] + [
+        ("batch_tokens", manifest["run"]["batch_tokens"]),
+        ("limit", manifest["run"]["limit"] or "none"),
+    ]
+    note = (
+        ""
+        if manifest["word_classes"]
+        else (
+            '<p class="note">No parts of speech: the input is plain text and the <code>pos</code> extra (spaCy) is not '
+            "installed, so only <b>all</b> and <b>special</b> are summarised. Use a CoNLL-U file, or "
+            "<code>pip install 'attention-encodings[pos]'</code>.</p>"
+        )
+    )
+
+    def figures(prefix: str) -> str:
+        return "".join(f'<figure id="{n}"></figure>' for n in specs if n.startswith(prefix))
+
+    by_class = (
+        ""
+        if not classes
+        else (
+            '<h2>By part of speech</h2><p class="explain">The same, for each universal part of speech of the words '
+            "the tokens belong to (a token takes the part of speech of the word holding its first character).</p>"
+            f'<div class="charts">{figures("classes_")}</div>'
+        )
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Corpus report: {html.escape(manifest["input"]["path"])}</title>
+<style>{STYLE}</style><script>{vega_javascript()}</script></head>
+<body>
+<h1>Corpus report</h1>
+<p class="model" id="model-line">{html.escape(model_line)}</p>
+<table id="facts">{_rows(facts)}</table><table id="settings">{_rows(settings_rows)}</table>
+{note}
+<h2>All words, function words, content words and special tokens</h2>
+<p class="explain">Each measure against the layer: the line is the median over the tokens of a group, the band
+the middle half (25th to 75th percentile). <b>all</b> is every token but the special ones; <b>function</b> is
+ADP AUX CCONJ DET PART PRON SCONJ; <b>content</b> is NOUN PROPN VERB ADJ ADV. The dashed line under cosine is the
+corpus anisotropy: the mean cosine between tokens of different texts at that layer, the similarity of two
+unrelated tokens.</p>
+<div class="charts">{figures("broad_")}</div>
+{by_class}
+<script>
+const specs = {_script(specs)};
+for (const [name, spec] of Object.entries(specs)) {{
+  vegaEmbed("#" + name, spec, {{actions: false, renderer: "svg"}}).catch((error) => {{
+    document.getElementById(name).textContent = "could not draw this chart: " + error;
+  }});
+}}
+</script>
+</body></html>
+"""

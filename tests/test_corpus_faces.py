@@ -1,0 +1,146 @@
+"""Corpus mode's faces: the command line (errors, exit codes, stdin), the Ray engine against the local one, and the
+report opening offline in real Chromium."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_corpus import HANDMADE
+
+from attention_encodings import analyze_corpus, load_model
+from attention_encodings.faces.cli import main
+from conftest import CORPUS, SEED, run_cli, run_python
+
+TEXTS = [*CORPUS[:3], "Fruit flies like a banana.", "Time is an illusion.", SEED + " Lunchtime doubly so."] * 4
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process: its exit status, stdout and stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+def test_corpus_command_runs_and_reports(capsys, tmp_path, tiny_roberta):
+    text = "\n".join(TEXTS[:5]).encode()
+    done = run_cli("corpus", "-", "--out", str(tmp_path / "out"), "--model", str(tiny_roberta), "--top-k", "5", stdin=text)
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert "model: " in err and err.count("\n") == 2 + ("note:" in err)
+    assert f"wrote {tmp_path / 'out'}: 5 texts (5 ok, 0 truncated, 0 skipped)" in err and "report.html" in err
+    assert pd.read_parquet(tmp_path / "out" / "tokens").text_index.nunique() == 5
+    (tmp_path / "t.txt").write_bytes(text)
+    quiet = cli(
+        capsys,
+        "corpus",
+        str(tmp_path / "t.txt"),
+        "--out",
+        str(tmp_path / "q"),
+        "--model",
+        str(tiny_roberta),
+        "--top-k",
+        "5",
+        "-q",
+    )
+    assert quiet == (0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["--format", "xml"], 2, "error: unknown format 'xml'; choose one of: auto, text, jsonl, parquet, conllu"),
+        (["--engine", "spark"], 2, "error: unknown engine 'spark'; choose one of: local, ray"),
+        (["--batch-tokens", "0"], 2, "error: Invalid value for '--batch-tokens'"),
+        (["--tap", "resid_pre"], 2, "error: unknown tap 'resid_pre'"),
+    ],
+)
+def test_corpus_command_usage_errors(capsys, tmp_path, tiny_roberta, arguments, code, message):
+    status, out, err = cli(capsys, "corpus", "sample", "--out", str(tmp_path / "o"), "--model", str(tiny_roberta), *arguments)
+    assert status == code and err.startswith(message) and err.count("\n") == 1 and out == ""
+
+
+def test_corpus_command_input_errors(capsys, tmp_path, tiny_roberta):
+    bad = tmp_path / "bad.conllu"
+    bad.write_text(HANDMADE.replace("# text = They didn't go to the area.\n", ""))
+    for source, message in (
+        (str(bad), f"error: {bad}, line 1: the sentence has no '# text =' line"),
+        (str(tmp_path / "none.txt"), f"error: cannot read {tmp_path / 'none.txt'}: No such file or directory"),
+    ):
+        status, _, err = cli(capsys, "corpus", source, "--out", str(tmp_path / "o"), "--model", str(tiny_roberta), "-q")
+        assert (status, err) == (1, message + "\n")
+    status, _, err = cli(capsys, "corpus", "sample", "--out", "/dev/null/x", "--model", str(tiny_roberta), "-q")
+    assert (status, err) == (1, "error: cannot create /dev/null/x: Not a directory\n")
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "t.txt").write_text(SEED + "\n")
+    first = ("corpus", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"), "--model", str(tiny_roberta), "-q")
+    assert cli(capsys, *first, "--top-k", "5")[0] == 0
+    status, _, err = cli(capsys, *first, "--top-k", "6")
+    assert (
+        status == 1
+        and err
+        == f"error: {tmp_path / 'o'} holds a run with other settings (top_k: 5 there, 6 here); use --overwrite to replace it\n"
+    )
+
+
+def test_help_does_not_load_the_corpus_libraries():
+    done = run_python(
+        "import sys, attention_encodings, attention_encodings.faces.cli\n"
+        "print(sorted(m for m in ('duckdb', 'ray', 'spacy') if m in sys.modules))"
+    )
+    assert done.stdout.decode().strip() == "[]", done.stderr.decode()
+
+
+def test_ray_engine_equals_local(tmp_path, tiny_roberta):
+    """The same batches on Ray Data's model actors (a local Ray started for the run) write the same numbers."""
+    options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48}
+    local = analyze_corpus(TEXTS, tmp_path / "local", str(tiny_roberta), **options)
+    ray = analyze_corpus(TEXTS, tmp_path / "ray", str(tiny_roberta), engine="ray", **options)
+    assert ray.manifest["run"]["engine"] == "ray" and ray.manifest["counts"]["shards"] > 2
+    pd.testing.assert_frame_equal(ray.tokens(), local.tokens(), check_exact=False, atol=1e-6, rtol=0)
+    assert ray.tokens()["rank"].tolist() == local.tokens()["rank"].tolist()
+    pd.testing.assert_frame_equal(ray.neighbours().drop(columns="cosine"), local.neighbours().drop(columns="cosine"))
+    pd.testing.assert_frame_equal(ray.summary(), local.summary(), check_exact=False, atol=1e-6, rtol=0)
+    for key, value in local.stats().items():
+        assert np.allclose(ray.stats()[key], value, atol=1e-6)
+
+
+def test_report_opens_offline_in_chromium(tmp_path, browser, bundled):
+    conllu = tmp_path / "s.conllu"
+    conllu.write_text(HANDMADE)
+    result = analyze_corpus([SEED, *CORPUS[1:3]], tmp_path / "plain", bundled, top_k=10)
+    gold = analyze_corpus(conllu, tmp_path / "gold", bundled, top_k=10)
+    outside: list[str] = []
+    errors: list[str] = []
+
+    def only_local(route) -> None:
+        if route.request.url.startswith(("file:", "data:", "blob:")):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    for run, charts in ((result, 6), (gold, 6)):
+        context = browser.new_context(viewport={"width": 1400, "height": 900})
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((run.path / "report.html").as_uri())
+        page.wait_for_function(f"document.querySelectorAll('figure svg').length == {charts}", timeout=60_000)
+        assert "all-MiniLM-L6-v2 (bundled)" in page.inner_text("#model-line")
+        facts = page.inner_text("#facts")
+        assert "tokens/s" in facts and f"{run.manifest['counts']['tokens']:,}" in facts
+        assert "Cosine to the original encoding" in page.inner_text("#broad_cosine")
+        assert ("anisotropy" in page.inner_text("#broad_cosine")) == (run is result)  # one text has no cross-text pairs
+        assert page.locator("#broad_rank svg path").count() > 3
+        context.close()
+        assert outside == [] and errors == []
+    assert "NOUN" in (gold.path / "report.html").read_text() and "tap" in (gold.path / "report.html").read_text()
+
+
+def test_sample_runs_on_the_bundled_model(tmp_path, bundled):
+    result = analyze_corpus("sample", tmp_path / "sample", bundled, limit=3, top_k=10)
+    summary = result.summary()
+    assert result.manifest["input"]["records"] == 3 and {"all", "function", "content", "special", "NOUN"} <= set(summary.group)
+    assert load_model("bundled") is bundled
