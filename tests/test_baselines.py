@@ -11,10 +11,11 @@ import torch
 from conftest import CORPUS, SEED, run_cli
 from plain import assert_matches_plain, plain_measures, plain_stats
 
-from attention_encodings import InputError, OptionError, Settings, analyze, load_model
+from attention_encodings import InputError, OptionError, Settings, analyze, analyze_corpus, load_model
 from attention_encodings.analysis import NORMALIZED_SPACES, _references, reference_for
 from attention_encodings.metrics import SPREAD_BLOCK, normalization, row_mean_std
-from attention_encodings.stats import read_stats, write_stats
+from attention_encodings import stats as stats_module
+from attention_encodings.stats import read_stats, sample_stats, sample_texts, write_stats
 from attention_encodings.trace import encode, trace
 
 
@@ -202,7 +203,6 @@ def test_bad_stats_files_are_one_line_errors(bundled, tmp_path, name, content, m
         ({"normalize": "center"}, "normalize center needs statistics"),
         ({"stats": "stats.npz"}, "are used only to normalize"),
         ({"normalize": "whiten", "stats": "stats.npz"}, "unknown normalize 'whiten'; choose one of: none, center, standardize"),
-        ({"normalize": "center", "stats": "sample"}, "--stats sample needs the bundled sample corpus"),
     ],
 )
 def test_normalize_and_stats_go_together(tiny_roberta, kwargs, message):
@@ -228,3 +228,45 @@ def test_normalize_on_the_command_line(bundled, stats_file, tmp_path):
 def test_settings_refuse_stats_without_normalize():
     with pytest.raises(OptionError, match="used only to normalize"):
         Settings(stats="stats.npz")
+
+
+def test_sample_statistics_are_what_corpus_sample_writes_and_are_cached(tmp_path, tiny_roberta, monkeypatch):
+    """`--stats sample`: the statistics of the bundled sample's sentences for this model and tap, equal to the
+    stats.npz of `corpus sample` (the sentences the model accepts whole), computed once, then read back from the
+    cache folder, in this process and in the next."""
+    handle = load_model(str(tiny_roberta))
+    assert len(sample_texts()) == 2001 and sample_texts()[0].startswith("From the AP comes this story")
+    computed = sample_stats(handle, "attn_ln")
+    corpus = analyze_corpus("sample", tmp_path / "run", handle, tap="attn_ln", top_k=5)
+    written = read_stats(corpus.path / "stats.npz")
+    measured = int((corpus.texts().status == "ok").sum())  # <s> and </s> around each measured text are special
+    assert 0 < measured < 2001 and computed.count == written.count == corpus.manifest["counts"]["tokens"] - 2 * measured
+    assert torch.allclose(computed.mean, written.mean, atol=1e-6) and torch.allclose(computed.std, written.std, atol=1e-6)
+    assert (computed.source, computed.tap, written.tap) == ("sample", "attn_ln", "attn_ln")
+    cached = list((stats_module.cache_root() / "stats").glob("sample-*-attn_ln-*.npz"))
+    assert len(cached) == 1
+    monkeypatch.setattr(stats_module, "trace", lambda *a, **k: pytest.fail("traced again instead of reading the cache"))
+    stats_module._in_memory.clear()
+    again = sample_stats(handle, "attn_ln")
+    assert torch.equal(again.mean, computed.mean) and again.source == "sample"
+    result = analyze(SEED, handle, tap="attn_ln", normalize="center", stats="sample", top_k=5)
+    assert result.to_dict()["stats"] == "sample"
+    expected = analyze(SEED, handle, tap="attn_ln", normalize="center", stats=corpus.path / "stats.npz", top_k=5)
+    assert np.allclose(result.cosine.values, expected.cosine.values, atol=1e-5)
+
+
+def test_sample_statistics_on_the_command_line_and_a_changed_model(tmp_path, tiny_dirs):
+    done = run_cli("analyze", SEED, "-m", str(tiny_dirs["bert"]), "--normalize", "standardize", "--stats", "sample", "-f", "json")
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["stats"] == "sample"
+    before = set((stats_module.cache_root() / "stats").glob("sample-*.npz"))
+    assert any("resid_mid" in path.name for path in before)
+    changed = load_model(str(tiny_dirs["bert"]))
+    with torch.no_grad():
+        first = next(changed.model.parameters())
+        first.add_(1.0)  # other weights, same name: new statistics, not the cached ones
+    try:
+        assert stats_module._fingerprint(changed, "resid_mid") not in {path.name[len("sample-") : -4] for path in before}
+    finally:
+        with torch.no_grad():
+            first.sub_(1.0)

@@ -140,6 +140,11 @@ def test_overlay_and_pair_specs(seed_similarity, bundled):
     assert params["similarity_layer"]["value"] == 3 and params["similarity_layer"]["bind"]["max"] == 6  # most apart at 3
     rows = pair["datasets"]["similarity"]
     assert len(rows) == 2 * 7 * 14 and rows[0]["values"][0] == pytest.approx(1.0, abs=1e-4)
+    for number, run in enumerate(comparison.runs):  # the pair chart's baseline: the text's anisotropy, per layer
+        first = {row["layer"]: row["anisotropy"] for row in rows if row["run"] == number and row["token_index"] == 0}
+        assert np.allclose([first[layer] for layer in run.layers], run.anisotropy, atol=1e-4)
+    baseline = [layer for layer in pair["hconcat"][0]["layer"] if layer["encoding"]["y"]["field"] == "anisotropy"]
+    assert len(baseline) == 1 and baseline[0]["encoding"]["strokeDash"] == {"value": [2, 2]}
     specs, data = page_specs(comparison)
     assert {"pair", "similarity", "cosine", "cosine_heatmap", "neighbours"} <= set(specs) and "similarity" in data
     assert specs["pair"]["autosize"] == {"type": "pad", "resize": True}

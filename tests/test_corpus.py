@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from attention_encodings import InputError, OptionError, analyze, analyze_corpus, load_model
 from attention_encodings.corpus import sample_path
@@ -164,10 +165,10 @@ def plain_states(bundled_run, bundled):
 def test_stats_match_a_plain_computation(bundled_run, bundled, plain_states):
     kept = np.concatenate([states[:, ~special] for states, special in plain_states], axis=1)
     stats = bundled_run.stats()
-    assert stats["mean"].shape == stats["std"].shape == (bundled.num_layers + 1, kept.shape[2])
-    assert stats["mean"].dtype == np.float32 and int(stats["count"]) == kept.shape[1]
-    assert np.allclose(stats["mean"], kept.astype(np.float64).mean(axis=1), atol=1e-4)
-    assert np.allclose(stats["std"], kept.astype(np.float64).std(axis=1), atol=1e-4)
+    assert stats.mean.shape == stats.std.shape == (bundled.num_layers + 1, kept.shape[2])
+    assert stats.mean.dtype == torch.float32 and stats.count == kept.shape[1] and stats.tap == "resid_mid"
+    assert np.allclose(stats.mean.numpy(), kept.astype(np.float64).mean(axis=1), atol=1e-4)
+    assert np.allclose(stats.std.numpy(), kept.astype(np.float64).std(axis=1), atol=1e-4)
 
 
 def test_anisotropy_is_the_mean_cosine_over_pairs_from_different_texts(bundled_run, plain_states):
@@ -188,9 +189,14 @@ def test_anisotropy_is_the_mean_cosine_over_pairs_from_different_texts(bundled_r
         assert row.n == pairs and row["mean"] == pytest.approx(total / pairs, abs=1e-6)
 
 
-def test_stats_file_is_what_the_baselines_read(bundled_run):
+def test_stats_file_is_what_the_baselines_read(bundled_run, bundled):
     with np.load(bundled_run.path / "stats.npz") as data:
-        assert set(data.files) == {"mean", "std", "count"}
+        assert set(data.files) == {"mean", "std", "count", "tap"} and str(data["tap"]) == "resid_mid"
+    text = bundled_run.texts().text[0]
+    normalized = analyze(text, bundled, normalize="standardize", stats=bundled_run.path / "stats.npz", top_k=20)
+    assert normalized.to_dict()["stats"] == str(bundled_run.path / "stats.npz")
+    with pytest.raises(InputError, match="were taken at tap resid_mid, not attn_ln"):
+        analyze(text, bundled, tap="attn_ln", normalize="center", stats=bundled_run.path / "stats.npz")
 
 
 @pytest.fixture(scope="session")
@@ -350,8 +356,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
     assert not again.tokens().duplicated(["text_index", "layer", "token_index"]).any()
     pd.testing.assert_frame_equal(again.summary(), whole.summary())
     pd.testing.assert_frame_equal(again.texts(), whole.texts())
-    for key, value in whole.stats().items():
-        assert np.array_equal(again.stats()[key], value)
+    assert torch.equal(again.stats().mean, whole.stats().mean) and torch.equal(again.stats().std, whole.stats().std)
     assert sorted(p.name for p in (interrupted / "tokens").iterdir()) == sorted(
         p.name for p in (tmp_path / "whole" / "tokens").iterdir()
     )

@@ -378,3 +378,15 @@ def test_a_server_without_statistics_refuses_to_normalize(client):
         422,
         "normalize center needs statistics, and this server has none; start it with --stats FILE",
     )
+
+
+def test_a_server_offers_the_sample_statistics_per_model(bundled, tiny_roberta):
+    """`--stats sample`: each model normalises with the bundled sample corpus's statistics for itself and the tap
+    asked for (computed at start-up at the default tap, other taps on first use)."""
+    app = TestClient(create_app(["bundled", str(tiny_roberta)], stats=["sample"]))
+    assert app.get("/api/models").json()["stats"] == ["sample"]
+    for model, tap in (("bundled", "resid_mid"), (str(tiny_roberta), "attn_ln")):
+        handle = bundled if model == "bundled" else load_model(str(tiny_roberta))
+        expected = json.loads(analyze(SEED, handle, tap=tap, normalize="center", stats="sample").to_json())
+        answer = app.post("/api/analyze", json={"text": SEED, "model": model, "tap": tap, "normalize": "center"})
+        assert answer.status_code == 200 and answer.json() == expected and expected["stats"] == "sample"

@@ -600,7 +600,7 @@ def normalization_for(
     server's) or else read from `settings.stats`, checked to fit `layers` × `width` vectors at the tap."""
     if settings.normalize == "none":
         return None
-    chosen = stats if stats is not None else load_stats(settings.stats or "")
+    chosen = stats if stats is not None else load_stats(settings.stats or "", handle, settings.tap)
     chosen.check_fits(layers, width, handle.label, settings.tap)
     return normalization(settings.normalize, chosen, handle.device)
 

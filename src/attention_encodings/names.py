@@ -7,6 +7,8 @@ Kept free of heavy imports (torch, transformers), so that the command line build
 
 from __future__ import annotations
 
+from pathlib import Path
+
 TAPS: tuple[str, ...] = ("resid_mid", "attn_ln", "resid_post")
 """`resid_mid`: attention output + residual, the input of the norm that follows it (post-norm blocks: the
 attention LayerNorm; pre-norm blocks: the norm before the MLP). `attn_ln`: that norm's output. `resid_post`: the
@@ -31,6 +33,9 @@ NORMALIZATIONS: tuple[str, ...] = ("none", "center", "standardize")
 `metrics.normalize`)."""
 SAMPLE_STATS = "sample"
 """The `stats` value naming the statistics of the bundled sample corpus."""
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "corpus" / "data" / "en_ewt-ud-dev.conllu"
+"""The bundled sample corpus: UD English-EWT dev, 2,001 gold-tagged sentences (CC BY-SA 4.0; its LICENSE.txt and
+README.md sit beside it). `corpus sample` reads it, and `--stats sample` takes its statistics."""
 
 BUNDLED_ALIAS = "bundled"
 """Name that selects the bundled offline model explicitly."""

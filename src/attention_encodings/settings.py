@@ -80,7 +80,7 @@ class Settings:
     stats: str | None = _option(
         None,
         "The statistics --normalize uses: a stats.npz file as 'attention-encodings corpus' writes it (mean and std "
-        "per layer) or 'sample' (the bundled sample corpus).",
+        "per layer) or 'sample': the bundled sample corpus's, for this model and tap (computed once, then cached).",
     )
     truncate: bool = _option(False, "Cut text longer than the model's limit instead of refusing it.", web=False)
     device: str = _option(

@@ -110,6 +110,19 @@ def _pad(rows: Sequence[Tensor], value: int) -> Tensor:
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True, padding_value=value)
 
 
+def length_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices into `lengths`, shortest first (ties in index order), cut into batches whose padded size (how many
+    times the longest) stays within `budget` tokens, so that little of a batched trace is padding."""
+    batches: list[list[int]] = []
+    group: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        if group and (len(group) + 1) * lengths[index] > budget:
+            batches.append(group)
+            group = []
+        group.append(index)
+    return batches + [group] if group else batches
+
+
 def trace(handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: Sequence[str] = TAPS) -> Trace:
     """Run one forward pass over `encodings` (one, or several padded into a batch with an attention mask) and
     capture layer 0 and, per block, the `taps` asked for (default: all three)."""

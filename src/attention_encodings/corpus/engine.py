@@ -21,11 +21,12 @@ import torch
 from ..analysis import Trajectory, load_for, measure_texts
 from ..catalog import MEASURES
 from ..errors import InputError, OptionError
+from ..metrics import moment_sums
 from ..metrics.similarity import unit
 from ..models import LoadedModel, set_threads, usable_cpus
 from ..names import CORPUS_ENGINES
 from ..settings import Settings
-from ..trace import encode
+from ..trace import encode, length_batches
 from . import words as word_classes
 from .sources import Source, Word
 
@@ -109,15 +110,9 @@ def plan(handle: LoadedModel, settings: Settings, source: Source, batch_tokens: 
     measured = list(lengths)
     batches: list[Batch] = []
     for start in range(0, len(measured), WINDOW):
-        window = sorted(measured[start : start + WINDOW], key=lambda i: (lengths[i], i))
-        group: list[int] = []
-        for index in window:
-            if group and (len(group) + 1) * lengths[index] > batch_tokens:
-                batches.append(_batch(len(batches), group, source, lengths))
-                group = []
-            group.append(index)
-        if group:
-            batches.append(_batch(len(batches), group, source, lengths))
+        window = measured[start : start + WINDOW]
+        for group in length_batches([lengths[i] for i in window], batch_tokens):
+            batches.append(_batch(len(batches), [window[i] for i in group], source, lengths))
     return statuses, batches
 
 
@@ -258,15 +253,12 @@ def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts
     texts t, and Σ_t n_t²."""
     keep = keep.to(states.device)
     kept = states[:, keep]
-    x = kept.double()
     u = unit(kept).double()
     owners = text_of.to(states.device)[keep]
     per_text = torch.zeros(u.shape[0], texts, u.shape[2], dtype=torch.float64, device=u.device).index_add_(1, owners, u)
     counts = torch.bincount(owners, minlength=texts).double()
     return {
-        "sum": x.sum(dim=1).cpu().numpy(),
-        "sum_sq": x.pow(2).sum(dim=1).cpu().numpy(),
-        "count": np.array(int(keep.sum())),
+        **{name: total.cpu().numpy() for name, total in moment_sums(states, keep).items()},
         "unit_sum": u.sum(dim=1).cpu().numpy(),
         "text_unit_sq": per_text.pow(2).sum(dim=(1, 2)).cpu().numpy(),
         "text_count_sq": np.array(float(counts.pow(2).sum())),

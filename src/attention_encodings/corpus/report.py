@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..catalog import MEASURES
 from ..settings import Settings
 from ..views.corpus import corpus_charts
 from ..views.export import vega_javascript
@@ -36,9 +37,10 @@ def _script(data: Any) -> str:
 
 
 def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings) -> str:
-    """The page: the model line, the counts, the settings and the speed, then every measure against the layer per
-    group (median line, interquartile band)."""
-    columns = manifest["measures"]
+    """The page: the model line, the counts, the settings and the speed, then every charted measure against the
+    layer per group (median line, interquartile band)."""
+    charted = {info.column for info in MEASURES.values() if info.charted}
+    columns = [column for column in manifest["measures"] if column in charted]  # baselines live in the summary
     present = summary["group"].unique().tolist()
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
     specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}

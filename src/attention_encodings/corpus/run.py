@@ -17,14 +17,16 @@ import pandas as pd
 from .._version import __version__
 from ..analysis import load_for, settings_for
 from ..catalog import MEASURES
+from ..metrics import Stats
 from ..models import LoadedModel
 from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_TAP
 from ..settings import DEFAULT_TOP_K, Settings
+from ..stats import read_stats, write_stats
 from . import store, words
 from .engine import check_batch_tokens, check_engine, plan, run_local, run_ray
 from .report import report_html
 from .sources import Source, read_source
-from .summary import anisotropy_rows, ordered, stats, summarise
+from .summary import anisotropy_rows, ordered, summarise
 
 CorpusProgress = Callable[[int, int, int], None]
 """Called as progress(texts_done, texts_total, tokens_done) after each shard, and once before the first."""
@@ -66,10 +68,10 @@ class CorpusAnalysis:
         """One row per (group, layer, measure): n, mean, std, q10, q25, median, q75, q90."""
         return pd.read_parquet(self.path / store.SUMMARY_PARQUET)
 
-    def stats(self) -> dict[str, np.ndarray]:
-        """Per layer, the mean and std of the tapped vectors over non-special tokens ((N+1, d) each), and `count`."""
-        with np.load(self.path / store.STATS) as data:
-            return {key: data[key] for key in data.files}
+    def stats(self) -> Stats:
+        """`stats.npz`: per layer, the mean and std of the tapped vectors over non-special tokens ((N+1, d) each),
+        their count and the tap; what `analyze(..., normalize=..., stats=...)` takes as it is."""
+        return read_stats(self.path / store.STATS)
 
     def _dataset(self, name: str, keys: list[str]) -> pd.DataFrame:
         folder = self.path / name
@@ -276,7 +278,7 @@ def _finish(folder: store.RunFolder, manifest: dict[str, Any], settings: Setting
     sums = folder.sums(shard_indices) if shard_indices else None
     summary = summarise(folder.path / store.TOKENS, columns, folder.path / ".duckdb")
     if sums is not None:
-        store.atomic(folder.path / store.STATS, lambda p: _save_npz(p, stats(sums)))
+        write_stats(folder.path / store.STATS, Stats.from_sums(sums, source=str(folder.path / store.STATS), tap=settings.tap))
         summary = ordered(pd.concat([summary, anisotropy_rows(sums)], ignore_index=True), columns)
     store.atomic(folder.path / store.SUMMARY_CSV, lambda p: summary.to_csv(p, index=False))
     store.atomic(folder.path / store.SUMMARY_PARQUET, lambda p: summary.to_parquet(p, index=False))
@@ -287,8 +289,3 @@ def _finish(folder: store.RunFolder, manifest: dict[str, Any], settings: Setting
     html = report_html(manifest, summary, settings)
     store.atomic(folder.path / store.REPORT, lambda p: p.write_text(html, encoding="utf-8"))
     folder.write_manifest(manifest)
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with path.open("wb") as stream:
-        np.savez(stream, **arrays)

@@ -14,12 +14,11 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, OptionError
-from ..names import CORPUS_FORMATS
+from ..names import CORPUS_FORMATS, SAMPLE_CORPUS
 
 EXTENSIONS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".conllu": "conllu"}
 SAMPLE = "sample"
@@ -62,7 +61,7 @@ class Source:
 
 def sample_path() -> Path:
     """The bundled sample corpus (CC BY-SA 4.0; its LICENSE.txt and README.md sit beside it)."""
-    return Path(str(files(__package__) / "data" / "en_ewt-ud-dev.conllu"))
+    return SAMPLE_CORPUS
 
 
 def read_source(

@@ -92,18 +92,5 @@ def anisotropy_rows(sums: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(columns)[list(COLUMNS)]
 
 
-def stats(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`stats.npz`: per layer, the mean and (population) std of the tapped vectors over non-special tokens,
-    each (N+1, d) float32, and `count`, the number of tokens they cover."""
-    count = float(sums["count"])
-    mean = sums["sum"] / count
-    variance = np.maximum(sums["sum_sq"] / count - mean**2, 0.0)
-    return {
-        "mean": mean.astype(np.float32),
-        "std": np.sqrt(variance).astype(np.float32),
-        "count": np.array(int(count), dtype=np.int64),
-    }
-
-
 def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)

@@ -26,7 +26,15 @@ from rich.table import Table
 
 from ..catalog import SIMILARITY, baselines, charted
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
-from ..names import BUNDLED_ALIAS, CORPUS_ENGINES, CORPUS_FORMATS, DEFAULT_BATCH_TOKENS, FIGURE_FILE_TYPES, SMOLLM2_ALIAS
+from ..names import (
+    BUNDLED_ALIAS,
+    CORPUS_ENGINES,
+    CORPUS_FORMATS,
+    DEFAULT_BATCH_TOKENS,
+    FIGURE_FILE_TYPES,
+    SAMPLE_STATS,
+    SMOLLM2_ALIAS,
+)
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options, runs
 
 if TYPE_CHECKING:
@@ -263,8 +271,14 @@ def run_analysis(source: str, settings: Settings) -> Analysis:
     used = set_threads(settings.threads)
     handle = load_for(settings)
     typer.echo(model_line(handle, used), err=True)
+    stats = None
+    if settings.normalize != "none" and settings.stats == SAMPLE_STATS:
+        from ..stats import sample_stats
+
+        with progress_bar("sample statistics (once per model and tap)") as progress:
+            stats = sample_stats(handle, settings.tap, progress=progress)
     with progress_bar("measuring") as progress:
-        result = analyze_with(settings, source, handle, progress=progress)
+        result = analyze_with(settings, source, handle, progress=progress, stats=stats)
     if result.dropped:
         typer.echo(f"note: truncated to {len(result.tokens)} tokens, dropping the last {result.dropped}", err=True)
     return result
@@ -454,7 +468,8 @@ def serve_command(
         typer.Option(
             "--stats",
             help="Statistics files (stats.npz) a request may normalize with, comma-separated or repeated; read now, "
-            "and named in requests by the string given here. Default: none.",
+            "and named in requests by the string given here. 'sample': the bundled sample corpus's, per model and "
+            "tap (computed once, then cached). Default: none.",
         ),
     ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,

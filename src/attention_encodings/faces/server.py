@@ -34,9 +34,9 @@ from ..comparison import compare
 from ..errors import InputError
 from ..metrics import Stats
 from ..models import LoadedModel, load_model, set_threads
-from ..names import NORMALIZATIONS, REFERENCES
+from ..names import NORMALIZATIONS, REFERENCES, SAMPLE_STATS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
-from ..stats import read_stats
+from ..stats import read_stats, sample_stats
 from ..trace import TAPS
 from ..views import TABLES, default_token, page_specs, vega_javascript
 
@@ -191,9 +191,13 @@ def create_app(
 ) -> FastAPI:
     """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default),
     each loaded once on the device and in the dtype of `settings`, and to normalize with exactly the statistics
-    files `stats`, each read once, now (a request names one by the string given here)."""
+    files `stats`, each read once, now (a request names one by the string given here); `sample` offers the
+    statistics of the bundled sample corpus, for each model and tap."""
     allowed = load_allowed(models, settings)
-    offered: dict[str, Stats] = {source: read_stats(source) for source in stats}
+    offered: dict[str, Stats | None] = {source: None if source == SAMPLE_STATS else read_stats(source) for source in stats}
+    if SAMPLE_STATS in offered:  # computed (or read from the cache) now at the default tap; other taps when asked
+        for handle in allowed.values():
+            sample_stats(handle, settings.tap)
     served = {
         model_id: ServedModel(
             id=model_id,

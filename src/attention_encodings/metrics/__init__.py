@@ -15,7 +15,7 @@ from .measures import (
     scan,
     top_k_overlap,
 )
-from .normalize import Normalization, Stats, normalization
+from .normalize import Normalization, Stats, moment_sums, normalization
 from .reference import (
     EmbeddingReference,
     ReferenceSpace,
@@ -48,6 +48,7 @@ __all__ = [
     "check_reference",
     "embedding_is_word",
     "measure",
+    "moment_sums",
     "normalization",
     "padded_rows",
     "reference_space",

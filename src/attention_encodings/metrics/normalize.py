@@ -12,8 +12,10 @@ rows are normalised, never anything inside the model.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -35,6 +37,15 @@ class Stats:
     """Where they came from (a path, or `sample`), for messages."""
     tap: str | None = None
     """The tap they were taken at, where the file says."""
+
+    @classmethod
+    def from_sums(cls, sums: Mapping[str, Tensor | np.ndarray], source: str, tap: str | None = None) -> Stats:
+        """The statistics of `moment_sums` (added up over batches, as tensors or arrays): mean and population std
+        per layer."""
+        count = float(sums["count"])
+        mean = torch.as_tensor(sums["sum"], dtype=torch.float64) / count
+        variance = (torch.as_tensor(sums["sum_sq"], dtype=torch.float64) / count - mean.square()).clamp_min(0)
+        return cls(mean=mean.float(), std=variance.sqrt().float(), count=int(count), source=source, tap=tap)
 
     def check_fits(self, layers: int, width: int, model: str, tap: str) -> None:
         """A one-line `InputError` unless these statistics fit `layers` × `width` vectors taken at `tap`."""
@@ -74,6 +85,14 @@ class Normalization:
     def row_gain(self) -> Tensor | None:
         """(d,) what every reference row is then multiplied by, elementwise (None: 1)."""
         return None if self.gain is None else self.gain[0]
+
+
+def moment_sums(states: Tensor, keep: Tensor) -> dict[str, Tensor]:
+    """Float64 sums over the tokens where `keep` (T,) is true, of `states` (N+1, T, d) and of their squares, per
+    layer and dimension, and their count: what `Stats.from_sums` turns into a mean and std, added up over batches
+    exactly (a float32 sum of squares would lose the small variances of rogue-free dimensions)."""
+    kept = states[:, keep].double()
+    return {"sum": kept.sum(dim=1), "sum_sq": kept.square().sum(dim=1), "count": keep.sum().double()}
 
 
 def normalization(mode: str, stats: Stats | None, device: torch.device) -> Normalization | None:

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis, token_index
-from ..catalog import MEASURES, SIMILARITY
+from ..catalog import ANISOTROPY, MEASURES, SIMILARITY
 from ..comparison import Comparison
 from ..errors import InputError
 from .charts import (
     ACCENT,
+    BASELINE_COLOURS,
     HOVER,
     LABELS,
     LINE_SIZE,
@@ -56,6 +57,8 @@ LAYER = "similarity_layer"
 """Vega parameter: the layer the similarity heatmap shows, bound to a slider."""
 SIMILARITY_DATA = "similarity"
 """Named dataset: one row per (run, layer, token), its cosines to every token of its text in `values`."""
+ANISOTROPY_DASH = (2, 2)
+"""The pair chart's baseline, the text's anisotropy, is dotted (as inside the cosine chart)."""
 KEY = "key"
 """The field holding run A's index of a compared row's token (-1: no match)."""
 RUN_KEYS = "run_keys"
@@ -86,14 +89,23 @@ def _runs_frame(comparison: Comparison, build: Callable[[Analysis], pd.DataFrame
 
 def similarity_rows(comparison: Comparison) -> list[dict[str, Any]]:
     """The `similarity` dataset: per run, layer and token, its cosines to every token of its text (charts
-    flatten the `values` of the rows they show: a layer's T rows, or a token's N+1)."""
+    flatten the `values` of the rows they show: a layer's T rows, or a token's N+1), and the text's anisotropy
+    at that layer (the baseline of the pair chart)."""
     rows = []
     for number, (run, label) in enumerate(zip(comparison.runs, comparison.labels)):
         if run.similarity is None:
             raise InputError(f"run {number + 1} ({label}) has no token-to-token similarity; analyse with similarity=True")
         values = np.round(run.similarity.values.astype(np.float64), SIMILARITY_DECIMALS).tolist()
+        anisotropy = [None if np.isnan(v) else round(float(v), SIMILARITY_DECIMALS) for v in run.text_measures["anisotropy"]]
         rows += [
-            {"run": number, "run_label": label, "layer": layer, "token_index": token.index, "values": values[layer][row]}
+            {
+                "run": number,
+                "run_label": label,
+                "layer": layer,
+                "token_index": token.index,
+                "values": values[layer][row],
+                "anisotropy": anisotropy[layer],
+            }
             for layer in run.layers
             for row, token in enumerate(run.similarity.rows)
         ]
@@ -216,8 +228,8 @@ def _flattened(chart: alt.Chart) -> alt.Chart:
 
 
 def pair_chart(comparison: Comparison) -> alt.LayerChart:
-    """The similarity of the selected and the paired token against the layer, a line per run. Reads
-    `similarity`."""
+    """The similarity of the selected and the paired token against the layer, a line per run, over its baseline:
+    the text's anisotropy (dotted), what two of its tokens share on average. Reads `similarity`."""
     base = alt.Chart(alt.NamedData(SIMILARITY_DATA)).transform_filter(f"{RUN_KEYS}[datum.run][datum.token_index] == {SELECTED}")
     base = _flattened(base).transform_filter(f"{RUN_KEYS}[datum.run][datum.other] == {PAIRED}")
     base = base.encode(
@@ -232,12 +244,25 @@ def pair_chart(comparison: Comparison) -> alt.LayerChart:
         **_run_encoding(comparison),
     )
     colour = {} if len(comparison.runs) > 1 else {"color": ACCENT}
+    baseline = {} if len(comparison.runs) > 1 else {"color": BASELINE_COLOURS[0]}
     lines = [
         base.mark_line(strokeWidth=2.5, **colour),
         base.mark_point(filled=True, size=30, **colour).encode(strokeDash=alt.value([1, 0])),
+        base.transform_filter("isValid(datum.anisotropy)")
+        .mark_line(strokeWidth=1.6, opacity=0.8, **baseline)
+        .encode(
+            y=alt.Y("anisotropy:Q", scale=alt.Scale(zero=False)),
+            strokeDash=alt.value(list(ANISOTROPY_DASH)),
+            tooltip=[alt.Tooltip("run_label:N", title=comparison.differs), alt.Tooltip("layer:O"),
+                     alt.Tooltip("anisotropy:Q", title=ANISOTROPY.name, format=ANISOTROPY.format)],
+        ),
     ]
     second = f"({PAIRED} >= 0 ? {LABELS}[{PAIRED}] : 'shift+click a second token')"
-    title = alt.Title(alt.expr(f"[{SIMILARITY.title!r}, {LABELS}[{SELECTED}] + ' and ' + {second}]"), anchor="start")
+    title = alt.Title(
+        alt.expr(f"[{SIMILARITY.title!r}, {LABELS}[{SELECTED}] + ' and ' + {second}]"),
+        subtitle="dotted: the text's anisotropy, the mean cosine of any two of its tokens",
+        anchor="start",
+    )
     return alt.layer(*lines, title=title, **LINE_SIZE)
 
 
