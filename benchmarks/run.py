@@ -5,6 +5,7 @@
     python benchmarks/run.py --json out.json  # also write every figure as JSON
     python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model
     python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
+    python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -41,7 +42,8 @@ from transformers.utils import logging as hf_logging
 from attention_encodings import ModelLoadError, Settings, analyze, analyze_corpus, load_model
 from attention_encodings.corpus.engine import plan
 from attention_encodings.corpus.sources import read_source
-from attention_encodings.metrics import padded_rows
+from attention_encodings.analysis import reference_for
+from attention_encodings.metrics import padded_rows, scan
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
 from attention_encodings.names import DEFAULT_BATCH_TOKENS
 from attention_encodings.trace import encode, trace
@@ -502,6 +504,27 @@ def measure_model(handle: LoadedModel, shape: Shape, figures: list[Figure], naiv
     figures.append(Figure("3. throughput", name, total / batch["batch"], "tokens/s", detail))
 
 
+def baselines_cost(handle: LoadedModel, shape: Shape, figures: list[Figure]) -> None:
+    """Case 9: what the vocabulary baselines add (vocab_mean and vocab_std, from which zscore follows): the
+    measures' scan of every tapped vector against the vocabulary with the row means and spreads (`spread=True`,
+    as analyses run it) against the same scan without them, at the seed sentence and the long input, in
+    interleaved rounds."""
+    for name, text in (("seed sentence", SEED), ("long input", long_text(shape.long_tokens))):
+        encoding = encode(handle, text, truncate=True)
+        states = trace(handle, encoding, taps=("resid_mid",)).states("resid_mid")
+        offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+        lens = reference_for(handle, "embedding")
+        targets = encoding.input_ids
+        runs = {flag: partial(scan, states, targets, offsets, lens, keep=100, spread=flag == "with") for flag in ("with", "without")}
+        seconds = timed_together(runs, shape.repeats, handle.device)
+        case = f"9. baselines, {name} ({len(encoding)} tokens)"
+        figures.append(Figure(f"{case}: scan without the vocabulary mean and std", label(handle), seconds["without"] * 1e3, "ms"))
+        added = seconds["with"] - seconds["without"]
+        detail = "a row sum and a row norm over each block of scores"
+        figures.append(Figure(f"{case}: the baselines add", label(handle), added * 1e3, "ms", detail))
+        figures.append(Figure(f"{case}: with / without", label(handle), seconds["with"] / seconds["without"], "×"))
+
+
 def head_lens_cost(shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 8: what the output-head lens adds (head_rank, and the head's predictions with their probabilities):
     warm `analyze()` on a model with its head against the same weights without it, on a roberta-base-shaped
@@ -609,7 +632,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable core, as the CLI)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
-    parser.add_argument("--only", choices=("corpus", "head"), help="run only this case (corpus: case 7; head: case 8)")
+    parser.add_argument(
+        "--only", choices=("corpus", "head", "baselines"), help="run only this case (corpus: 7; head: 8; baselines: 9)"
+    )
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
@@ -643,6 +668,8 @@ def main() -> None:
         corpus_case(models[-1], shape, figures, args.device)
     if args.only in (None, "head"):
         head_lens_cost(shape, figures, args.device)
+    if args.only in (None, "baselines"):
+        baselines_cost(handle, shape, figures)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

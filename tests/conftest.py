@@ -151,9 +151,15 @@ def bundled():
 
 
 @pytest.fixture(scope="session")
-def smollm2():
-    """The real offline decoder, SmolLM2-135M-Instruct: dequantised from its GGUF into this session's cache
-    folder on first use (about 25 s), then loaded once."""
+def smollm2_first_run() -> subprocess.CompletedProcess[bytes]:
+    """The session's first use of `--model smollm2`, from the command line: it dequantises the GGUF into this
+    session's fresh cache folder (about 25 s)."""
+    return run_cli("analyze", "Fruit flies.", "-m", "smollm2", "-f", "json")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_first_run):
+    """The real offline decoder, SmolLM2-135M-Instruct, loaded once from the folder its first run cached."""
     from attention_encodings import load_model
 
     return load_model("smollm2")
@@ -170,7 +176,7 @@ def subprocess_env(**changes: str | None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, stdin: bytes | None = None, **env: str | None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, stdin: bytes | None = None, **env: str | None) -> subprocess.CompletedProcess[bytes]:
     """Run the installed `attention-encodings` command in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "attention_encodings", *args],

@@ -145,6 +145,14 @@ def test_missing_bundled_weights_are_refused(tmp_path):
         verify_bundled(tmp_path)
 
 
+def test_smollm2_first_run_prints_only_its_model_line(smollm2_first_run):
+    """Dequantising the GGUF draws no bars of transformers' own: stderr is the model line alone."""
+    assert smollm2_first_run.returncode == 0, smollm2_first_run.stderr.decode()
+    lines = smollm2_first_run.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named ")
+    assert "dequantised now and cached at" in lines[0]
+
+
 def test_smollm2_loads_from_its_cache_without_importing_its_package(smollm2, tmp_path):
     """The session's first load dequantised the GGUF into the cache folder; a fresh process loads that copy
     (the same weights), finding the package without importing it (which would import llm and llama_cpp)."""

@@ -6,12 +6,13 @@ why. A model named explicitly is never replaced by another. Loaded models are ke
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -183,7 +184,8 @@ def _load_named(name: str, placement: _Placement) -> LoadedModel:
     if name == BUNDLED_ALIAS:
         return _load_bundled(placement, "named explicitly")
     if name == SMOLLM2_ALIAS:
-        folder, made = smollm2_dir()
+        with _quiet(), redirect_stderr(io.StringIO()):  # the GGUF conversion draws its own tqdm bar, always
+            folder, made = smollm2_dir()
         origin = f"{SMOLLM2_DISTRIBUTION}, {'dequantised now and cached' if made else 'cached'} at {folder}"
         return _load(str(folder), placement, local_only=True, name=name, label=SMOLLM2_LABEL, reason=f"named explicitly; {origin}")
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
