@@ -131,25 +131,34 @@ class EmbeddingReference(ReferenceSpace):
         x = states.float()
         inv_norm = x.norm(dim=-1).clamp_min(_TINY).reciprocal()
         pulled = self._transpose_map(x) * inv_norm[..., None]
-        offsets = offsets.float()
-        centred_offsets = offsets - offsets.mean(dim=-1, keepdim=True) if self.layer_norm else offsets
-        gram_offsets = self._gram(centred_offsets)
-        if self.layer_norm:
-            cross, cross_gram = _gemm(torch.cat((centred_offsets, gram_offsets)), self.centred_t).split(t)
-            variance = self.variance + centred_offsets.pow(2).mean(dim=-1, keepdim=True) + (2 / self.width) * cross
-            inv_std = (variance + self.eps).rsqrt()
-        else:
-            cross_gram = _gemm(gram_offsets, self.centred_t)
-            inv_std = torch.ones_like(cross_gram)
-        offset_sq = (centred_offsets * gram_offsets).sum(dim=-1, keepdim=True)
-        norm_sq = (self.row_sq + 2 * cross_gram + offset_sq) * inv_std.pow(2)
-        norm_sq += 2 * (self.row_bias + (centred_offsets @ self.bias_back)[:, None]) * inv_std + self.bias_sq
-        inv_ref_norm = norm_sq.clamp_min(_TINY).rsqrt()
+        # Tokens in the same slot (position and token type) share their reference rows: the per-slot tables
+        # (a GEMM against E and a few passes over V) are built once per distinct slot, which in a batch of many
+        # texts is a small fraction of its tokens.
+        slots, slot_of = torch.unique(offsets.float(), dim=0, return_inverse=True)
+        centred_slots = slots - slots.mean(dim=-1, keepdim=True) if self.layer_norm else slots
+        inv_std, inv_ref_norm = self._slot_scales(centred_slots)
+        centred_offsets = centred_slots[slot_of]
         shift = (pulled * centred_offsets[:, None, :]).sum(dim=-1)
         lift = (x @ self.bias) * inv_norm
         scores = _gemm(pulled.reshape(t * r, -1), self.centred_t, out, shift.reshape(t * r, 1))
-        scores = scores.view(t, r, -1).mul_((inv_std * inv_ref_norm)[:, None, :])
-        return scores.addcmul_(lift[..., None], inv_ref_norm[:, None, :])
+        scores = scores.view(t, r, -1).mul_((inv_std * inv_ref_norm)[slot_of][:, None, :])
+        return scores.addcmul_(lift[..., None], inv_ref_norm[slot_of][:, None, :])
+
+    def _slot_scales(self, centred_slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Per slot (rows of its centred offset c) and vocabulary item: 1/std of E[v] + c (the embedding
+        LayerNorm's scale; 1 without one) and 1/|R[v]|, each (slots, V)."""
+        gram_slots = self._gram(centred_slots)
+        if self.layer_norm:
+            cross, cross_gram = _gemm(torch.cat((centred_slots, gram_slots)), self.centred_t).split(len(centred_slots))
+            variance = self.variance + centred_slots.pow(2).mean(dim=-1, keepdim=True) + (2 / self.width) * cross
+            inv_std = (variance + self.eps).rsqrt()
+        else:
+            cross_gram = _gemm(gram_slots, self.centred_t)
+            inv_std = torch.ones_like(cross_gram)
+        slot_sq = (centred_slots * gram_slots).sum(dim=-1, keepdim=True)
+        norm_sq = (self.row_sq + 2 * cross_gram + slot_sq) * inv_std.pow(2)
+        norm_sq += 2 * (self.row_bias + (centred_slots @ self.bias_back)[:, None]) * inv_std + self.bias_sq
+        return inv_std, norm_sq.clamp_min(_TINY).rsqrt()
 
 
 def _gemm(a: Tensor, b: Tensor, out: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
