@@ -127,7 +127,7 @@ def sample_stats(
             chosen = [encodings[i] for i in batch]
             states = trace(handle, chosen, taps=(tap,)).packed(tap)
             keep = ~torch.isin(torch.cat([e.input_ids for e in chosen]), special)
-            sums = {name: total + sums.get(name, 0) for name, total in moment_sums(states, keep).items()}
+            sums = {name: total + sums.get(name, 0) for name, total in moment_sums(states[:, keep]).items()}
             done += len(batch)
             if progress is not None:
                 progress(done, len(encodings))

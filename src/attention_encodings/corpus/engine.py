@@ -258,7 +258,7 @@ def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts
     per_text = torch.zeros(u.shape[0], texts, u.shape[2], dtype=torch.float64, device=u.device).index_add_(1, owners, u)
     counts = torch.bincount(owners, minlength=texts).double()
     return {
-        **{name: total.cpu().numpy() for name, total in moment_sums(states, keep).items()},
+        **{name: total.cpu().numpy() for name, total in moment_sums(kept).items()},
         "unit_sum": u.sum(dim=1).cpu().numpy(),
         "text_unit_sq": per_text.pow(2).sum(dim=(1, 2)).cpu().numpy(),
         "text_count_sq": np.array(float(counts.pow(2).sum())),

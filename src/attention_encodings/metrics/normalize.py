@@ -87,12 +87,12 @@ class Normalization:
         return None if self.gain is None else self.gain[0]
 
 
-def moment_sums(states: Tensor, keep: Tensor) -> dict[str, Tensor]:
-    """Float64 sums over the tokens where `keep` (T,) is true, of `states` (N+1, T, d) and of their squares, per
-    layer and dimension, and their count: what `Stats.from_sums` turns into a mean and std, added up over batches
-    exactly (a float32 sum of squares would lose the small variances of rogue-free dimensions)."""
-    kept = states[:, keep].double()
-    return {"sum": kept.sum(dim=1), "sum_sq": kept.square().sum(dim=1), "count": keep.sum().double()}
+def moment_sums(vectors: Tensor) -> dict[str, Tensor]:
+    """Float64 sums over the tokens of `vectors` (N+1, n, d), of the vectors and of their squares, per layer and
+    dimension, and their count: what `Stats.from_sums` turns into a mean and std, added up over batches exactly
+    (a float32 sum of squares would lose the small variances of rogue-free dimensions)."""
+    x = vectors.double()
+    return {"sum": x.sum(dim=1), "sum_sq": x.square().sum(dim=1), "count": torch.tensor(float(x.shape[1]), dtype=torch.float64)}
 
 
 def normalization(mode: str, stats: Stats | None, device: torch.device) -> Normalization | None:
