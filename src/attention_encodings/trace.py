@@ -69,14 +69,20 @@ def check_tap(tap: str) -> str:
     return tap
 
 
-def encode(handle: LoadedModel, text: str, *, truncate: bool = False) -> Encoding:
-    """Tokenise `text` for `handle`, refusing empty text and, unless `truncate`, text over the model's limit."""
+def check_text(text: object) -> str:
+    """`text` if it is a string of valid Unicode (no lone surrogates), else a one-line `InputError`."""
     if not isinstance(text, str):
         raise InputError(f"text must be a string, not {type(text).__name__}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
         raise InputError(f"text is not valid Unicode: {error.reason} at character {error.start}") from error
+    return text
+
+
+def encode(handle: LoadedModel, text: str, *, truncate: bool = False) -> Encoding:
+    """Tokenise `text` for `handle`, refusing empty text and, unless `truncate`, text over the model's limit."""
+    check_text(text)
     if not text.strip():
         raise InputError("text is empty; give a sentence to analyse")
     ids = handle.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]

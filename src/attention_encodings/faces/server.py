@@ -4,13 +4,16 @@ Safety: a request names a model only by an id from the list the server was start
 normalising only by an id from those it was started with (loaded at start-up), so it can never make the server
 download a model or open a path; text length and token count are capped; model work runs
 in the thread pool, off the event loop; each model is loaded once and shared (its lock serialises the
-hooked forward passes). Every failure a request can cause is a 4xx with one line in `{"detail": ...}`.
+hooked forward passes). Every failure a request can cause is a 4xx with one line in `{"detail": ...}`; a body over
+`guard.MAX_BODY_BYTES` gets 413 before it is parsed, and every response carries the security headers of `guard`.
 The page and the API docs (/docs, /redoc) load nothing from a CDN.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import sys
 import threading
 import webbrowser
 from collections.abc import Sequence
@@ -37,8 +40,9 @@ from ..models import LoadedModel, load_model, set_threads
 from ..names import NORMALIZATIONS, REFERENCES, SAMPLE_STATS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
 from ..stats import read_stats, sample_stats
-from ..trace import TAPS
+from ..trace import TAPS, check_text
 from ..views import TABLES, default_token, page_specs, vega_javascript
+from .guard import MAX_BODY_BYTES, Guard
 
 DEFAULT_MODEL_ID = "default"
 """The id under which a server started without `--models` offers the default model resolution."""
@@ -219,6 +223,7 @@ def create_app(
         "representation moves: cosine, rank, neighbour churn and, through the model's own output head, head rank.",
     )
     app.state.served = served
+    app.add_middleware(Guard, max_body=MAX_BODY_BYTES)
 
     @lru_cache(maxsize=CACHE_SIZE)
     def cached(model_id: str, text: str, settings: Settings) -> Analysis:
@@ -246,7 +251,7 @@ def create_app(
 
     def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
         model_id, settings = settings_for(request)
-        text = request.text
+        text = check_text(request.text)
         if len(text) > MAX_CHARS:
             raise InputError(f"text is {len(text)} characters long; this server accepts at most {MAX_CHARS}")
         limit = served[model_id].max_tokens
@@ -326,6 +331,14 @@ def listen(host: str, port: int) -> socket.socket:
     return bound
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` names only this machine (localhost, 127.0.0.0/8, ::1)."""
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
 def serve(
     models: Sequence[str | None],
     host: str,
@@ -340,6 +353,8 @@ def serve(
     app = create_app(models, settings, stats)
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
+    if not is_loopback(host):
+        print(f"warning: {host} is reachable beyond this machine and this server has no authentication: anyone who can reach it can use it", file=sys.stderr, flush=True)
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     url = f"http://{shown}:{bound.getsockname()[1]}/"
     if open_browser:
