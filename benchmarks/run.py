@@ -6,6 +6,7 @@
     python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model
     python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
     python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
+    python benchmarks/run.py --only soak      # only case 10, 16 clients for 60 s against the server (bundled model)
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,10 @@ from plain import plain_measures  # noqa: E402  (the test suite's loop-and-sort 
 SEED = "Time flies like an arrow. Fruit flies like a banana."
 REFERENCES = ("word", "embedding")
 WEB_CLIENTS = 8
+SOAK_CLIENTS = 16
+SOAK_SECONDS = 60.0
+SOAK_TEXTS = 64
+"""Distinct texts the soak cycles through: twice the server's result cache, so most answers are computed again."""
 BUNDLED = "bundled"
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -380,7 +386,7 @@ def web_latency(sources: list[tuple[str, str]], shape: Shape) -> list[Figure]:
         return []
     figures = []
     for name, source in sources:
-        with served(source) as url:
+        with served(source) as (url, _):
             latencies, wall = load_test(url, shape.web_requests)
         percentiles = statistics.quantiles(latencies, n=20, method="inclusive")
         detail = f"{WEB_CLIENTS} clients × {shape.web_requests} requests, seed sentence + one distinct word each"
@@ -391,8 +397,8 @@ def web_latency(sources: list[tuple[str, str]], shape: Shape) -> list[Figure]:
 
 
 @contextmanager
-def served(source: str) -> Iterator[str]:
-    """The web server for one model, started in a fresh process on a free loopback port; yields its URL."""
+def served(source: str) -> Iterator[tuple[str, int]]:
+    """The web server for one model, started in a fresh process on a free loopback port; yields its URL and pid."""
     command = [sys.executable, "-m", "attention_encodings", "serve", "--models", source, "--host", "127.0.0.1", "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -400,7 +406,7 @@ def served(source: str) -> Iterator[str]:
         if found is None or not answers(found.group(1) + "api/models", within=120):
             process.kill()
             raise SystemExit(f"the web server did not start: {process.communicate()[1].strip()}")
-        yield found.group(1)
+        yield found.group(1), process.pid
     finally:
         process.terminate()
         process.communicate(timeout=60)
@@ -439,6 +445,97 @@ def load_test(url: str, requests: int) -> tuple[list[float], float]:
     with ThreadPoolExecutor(WEB_CLIENTS) as pool:
         latencies = [seconds for each in pool.map(client, range(WEB_CLIENTS)) for seconds in each]
     return latencies, time.perf_counter() - start
+
+
+@dataclass
+class Soak:
+    """What a soak saw: each request's seconds, status counts, answers that differ from the serial ones."""
+
+    latencies: list[float]
+    statuses: dict[int, int]
+    wrong: int
+    seconds: float
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status >= 500)
+
+
+def soak_texts(count: int) -> list[str]:
+    """`count` distinct texts: the seed sentence with one more word each."""
+    words = training_words()[5000:]
+    return [f"{SEED} {words[i]}" for i in range(count)]
+
+
+def soak(url: str, seconds: float, clients: int, texts: list[str]) -> Soak:
+    """`clients` threads POST /api/analyze for `seconds`, each cycling through `texts` from its own offset; every
+    answer is checked against the serial answer for its text, taken first, one request at a time."""
+
+    def post(text: str) -> tuple[int, bytes, float]:
+        body = json.dumps({"text": text}).encode()
+        request = urllib.request.Request(url + "api/analyze", data=body, headers={"Content-Type": "application/json"})
+        start = time.perf_counter()
+        try:
+            with LOOPBACK.open(request, timeout=120) as response:
+                status, data = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, data = error.code, error.read()
+        return status, data, time.perf_counter() - start
+
+    expected = {text: json.loads(post(text)[1]) for text in texts}
+    deadline = time.perf_counter() + seconds
+
+    def client(index: int) -> tuple[list[float], list[int], int]:
+        latencies, statuses, wrong, turn = [], [], 0, index
+        while time.perf_counter() < deadline:
+            text = texts[turn % len(texts)]
+            status, data, took = post(text)
+            latencies.append(took)
+            statuses.append(status)
+            wrong += status != 200 or json.loads(data) != expected[text]
+            turn += 1
+        return latencies, statuses, wrong
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    elapsed = time.perf_counter() - start
+    statuses: dict[int, int] = {}
+    for _, each, _ in results:
+        for status in each:
+            statuses[status] = statuses.get(status, 0) + 1
+    return Soak([t for each, _, _ in results for t in each], statuses, sum(w for _, _, w in results), elapsed)
+
+
+def process_rss_kib(pid: int) -> int:
+    """The resident set of process `pid`, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def soak_case(shape: Shape, figures: list[Figure]) -> None:
+    """Case 10: SOAK_CLIENTS clients for SOAK_SECONDS against `serve --models bundled` in its own process: every
+    answer equal to the serial one, no 5xx, and the server's RSS after the soak within 10 % of that after a
+    warm-up (the serial pass over every text, then a tenth of the soak)."""
+    case = f"10. web soak, {SOAK_CLIENTS} clients"
+    seconds = 3.0 if shape is SMOKE else SOAK_SECONDS
+    texts = soak_texts(8 if shape is SMOKE else SOAK_TEXTS)
+    with served(BUNDLED) as (url, pid):
+        soak(url, seconds / 10, SOAK_CLIENTS, texts)
+        warm = process_rss_kib(pid)
+        result = soak(url, seconds, SOAK_CLIENTS, texts)
+        after = process_rss_kib(pid)
+    percentiles = statistics.quantiles(result.latencies, n=20, method="inclusive")
+    detail = f"{seconds:.0f} s, {len(texts)} texts, {len(result.latencies)} requests, statuses {result.statuses}"
+    figures.append(Figure(f"{case}: throughput", "all-MiniLM-L6-v2", len(result.latencies) / result.seconds, "requests/s", detail))
+    figures.append(Figure(f"{case}: p50", "all-MiniLM-L6-v2", statistics.median(result.latencies) * 1e3, "ms", detail))
+    figures.append(Figure(f"{case}: p95", "all-MiniLM-L6-v2", percentiles[18] * 1e3, "ms", detail))
+    figures.append(Figure(f"{case}: wrong answers", "all-MiniLM-L6-v2", result.wrong, "requests", "differ from the serial answer"))
+    figures.append(Figure(f"{case}: 5xx", "all-MiniLM-L6-v2", result.server_errors, "responses", ""))
+    figures.append(Figure(f"{case}: RSS after warm-up", "all-MiniLM-L6-v2", warm / 1024, "MiB", "the server process"))
+    figures.append(Figure(f"{case}: RSS after the soak", "all-MiniLM-L6-v2", after / 1024, "MiB", f"{100 * (after / warm - 1):+.1f} %"))
 
 
 def machine() -> dict[str, str]:
@@ -612,6 +709,12 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
         checks.append(("corpus mode / batched floor (aim)", ratio, "≤ 1.3", ratio <= 1.3))
         small, large = (corpus[f"7. corpus mode: peak RSS above the loaded model, {n} sentences"] for n in shape.corpus_sizes)
         checks.append((f"corpus peak RSS, {shape.corpus_sizes[1]} / {shape.corpus_sizes[0]} sentences", large / small, "≤ 1.2 (flat)", large <= 1.2 * small))
+    soaked = {f.case.split(": ", 1)[1]: f.value for f in figures if f.case.startswith("10. ")}
+    if soaked:
+        checks.append(("soak: answers unlike the serial ones", soaked["wrong answers"], "0", soaked["wrong answers"] == 0))
+        checks.append(("soak: 5xx responses", soaked["5xx"], "0", soaked["5xx"] == 0))
+        growth = soaked["RSS after the soak"] / soaked["RSS after warm-up"]
+        checks.append(("soak: RSS after / after warm-up", growth, "≤ 1.10", growth <= 1.10))
     return checks
 
 
@@ -633,7 +736,9 @@ def main() -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument(
-        "--only", choices=("corpus", "head", "baselines"), help="run only this case (corpus: 7; head: 8; baselines: 9)"
+        "--only",
+        choices=("corpus", "head", "baselines", "soak"),
+        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10)",
     )
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
@@ -670,6 +775,8 @@ def main() -> None:
         head_lens_cost(shape, figures, args.device)
     if args.only in (None, "baselines"):
         baselines_cost(handle, shape, figures)
+    if args.only == "soak" or args.only is None and shape.bundled:  # (the smoke run serves no bundled model)
+        soak_case(shape, figures)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

@@ -23,6 +23,7 @@ import torch
 from .errors import InputError
 from .metrics import Progress, Stats, moment_sums
 from .models import LoadedModel
+from .models.pinned import weights_digest
 from .models.smollm2 import cache_root
 from .names import DEFAULT_BATCH_TOKENS, SAMPLE_CORPUS, SAMPLE_STATS
 from .trace import encode, length_batches, trace
@@ -140,9 +141,6 @@ def _fingerprint(handle: LoadedModel, tap: str) -> str:
     """A short name for (model, precision, tap): the model's name and shape, and a strided sample of every
     parameter, so a folder whose weights changed gets new statistics."""
     digest = hashlib.sha256(f"{SAMPLE_STATS_VERSION}|{handle.name}|{handle.model.dtype}|{tap}|{handle.num_layers}".encode())
-    with torch.no_grad():
-        for parameter in handle.model.parameters():
-            flat = parameter.reshape(-1)
-            digest.update(flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy().tobytes())
+    weights_digest(handle.model, digest)
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in handle.name.rstrip("/").rsplit("/", 1)[-1])[:40]
     return f"{slug}-{tap}-{digest.hexdigest()[:16]}"

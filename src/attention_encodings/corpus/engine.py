@@ -9,6 +9,8 @@ engine, and a resumed run, measures exactly these batches, so they all write the
 from __future__ import annotations
 
 import pickle
+import re
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,10 +22,12 @@ import torch
 
 from ..analysis import Trajectory, load_for, measure_texts
 from ..catalog import MEASURES
-from ..errors import InputError, OptionError
+from ..clusters import check_ray_address
+from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
 from ..metrics import moment_sums
 from ..metrics.similarity import unit
 from ..models import LoadedModel, set_threads, usable_cpus
+from ..models.pinned import PinnedModel, pin, weights_fingerprint
 from ..names import CORPUS_ENGINES
 from ..settings import Settings
 from ..trace import encode, length_batches
@@ -33,6 +37,8 @@ from .sources import Source, Word
 WINDOW = 1024
 """Texts sorted by length together: long enough to batch texts of similar length, short enough to keep the plan in
 input order at large."""
+RAY_RETRIES = 3
+"""How often Ray restarts a model actor that died, and retries the batch it held, before the run fails."""
 RAY_ACTOR_CPUS = 0.5
 """What each model actor reserves from Ray: a fraction, so that Ray's own read tasks still find a CPU on a small
 machine (with whole CPUs the actors take them all and the job waits forever). Each actor sets its torch threads."""
@@ -272,43 +278,63 @@ def run_local(handle: LoadedModel, settings: Settings, batches: Sequence[Batch],
 
 
 class _Measurer:
-    """A Ray Data model actor: loads the model once, then measures the batches it is handed."""
+    """A Ray Data model actor: loads exactly the driver's model once (`PinnedModel`), proves it by the weights'
+    fingerprint, then measures the batches it is handed."""
 
-    def __init__(self, settings: Settings, tag: bool, threads: int) -> None:
+    def __init__(self, pinned: PinnedModel, settings: Settings, tag: bool, threads: int) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         set_threads(threads)
         self.settings, self.tag = settings, tag
-        self.handle = load_for(settings)
+        try:
+            self.handle = pinned.load(settings.device)
+        except ModelLoadError as error:
+            raise ModelLoadError(f"on Ray node {_node()}: {error}") from None
+        found = weights_fingerprint(self.handle.model)
+        if found != pinned.fingerprint:
+            raise ModelLoadError(
+                f"on Ray node {_node()}, {pinned.location} has other weights than the driver's {pinned.name} "
+                f"(fingerprint {found}, the driver's {pinned.fingerprint}); install the same model there"
+            )
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [pickle.dumps(measure_batch(self.handle, self.settings, pickle.loads(b), tag=self.tag)) for b in rows["batch"]]
         return {"shard": np.array(shards, dtype=object)}
 
 
+def _node() -> str:
+    """This Ray worker's node, as a person finds it: its address and host name."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
+
+
 def run_ray(
-    settings: Settings, batches: Sequence[Batch], *, tag: bool, address: str | None, on_start: Callable[[str], None] | None = None
+    handle: LoadedModel,
+    settings: Settings,
+    batches: Sequence[Batch],
+    *,
+    tag: bool,
+    address: str | None,
+    on_start: Callable[[str], None] | None = None,
 ) -> Iterator[Shard]:
     """The Ray engine: Ray Data over the batch descriptors, `map_batches` over a pool of model actors (each loads
-    `settings.model` itself), results back to this process, which writes them. Starts a local Ray for the run
-    unless `address` names a cluster (`auto`, `ray://host:10001`)."""
+    exactly `handle`'s weights, pinned), results back to this process, which writes them. Starts a local Ray for
+    the run unless `address` names a cluster (`auto`, `host:port`, `ray://host:10001`). Every Ray failure is one
+    line (`InputError`, or the worker's own `ModelLoadError`); an actor that dies is restarted and its batch
+    retried, up to `RAY_RETRIES` times."""
     try:
         import ray
     except ImportError as error:
         raise InputError("the ray engine needs Ray: pip install 'attention-encodings[ray]'") from error
     if not batches:
         return
+    pinned = pin(handle)
     started = not ray.is_initialized()
     if started:
-        local = {"num_cpus": usable_cpus(), "object_store_memory": 512 << 20} if address is None else {}
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
-        except (ConnectionError, RuntimeError, ValueError) as error:
-            raise InputError(
-                f"cannot start or reach Ray at {address or 'a new local instance'}: {str(error).splitlines()[0]}"
-            ) from error
+        _connect(ray, address)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -326,14 +352,65 @@ def run_ray(
         items = [{"batch": pickle.dumps(b)} for b in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _Measurer,
-            fn_constructor_kwargs={"settings": settings, "tag": tag, "threads": threads},
+            fn_constructor_kwargs={"pinned": pinned, "settings": settings, "tag": tag, "threads": threads},
             batch_size=1,
             concurrency=actors,
             num_cpus=RAY_ACTOR_CPUS,
             num_gpus=1 if gpu else None,
+            max_restarts=RAY_RETRIES,
+            max_task_retries=RAY_RETRIES,
         )
-        for row in dataset.iter_rows():
-            yield pickle.loads(row["shard"])
+        try:
+            for row in dataset.iter_rows():
+                yield pickle.loads(row["shard"])
+        except (AttentionEncodingsError, GeneratorExit, KeyboardInterrupt):
+            raise
+        except Exception as error:  # Ray wraps what failed in its own exceptions, of many kinds
+            raise _ray_failure(error) from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """Start a local Ray, or join the cluster at `address`, within `RAY_CONNECT_TIMEOUT_S` or a one-line error
+    (Ray itself waits on an address where nothing listens for minutes)."""
+    where = address or "a new local instance"
+    check_ray_address(address)
+    local = {"num_cpus": usable_cpus(), "object_store_memory": 512 << 20} if address is None else {}
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local)
+    except Exception as error:  # ConnectionError, RuntimeError, ValueError, and Ray's own kinds
+        raise InputError(f"cannot start or reach Ray at {where}: {_first_line(error)}") from None
+
+
+def _ray_failure(error: BaseException) -> AttentionEncodingsError:
+    """One line for a failed Ray run: the first of our own errors behind Ray's wrappers (a worker that could not
+    load the model), else what Ray says, first line only."""
+    seen: list[BaseException] = []
+    waiting: list[BaseException] = [error]
+    while waiting:
+        current = waiting.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        linked = (getattr(current, "cause", None), current.__cause__, current.__context__)
+        waiting.extend(e for e in linked if isinstance(e, BaseException))
+    ours = next((e for e in reversed(seen) if isinstance(e, AttentionEncodingsError) and e.args), None)
+    if ours is not None:
+        kind = ModelLoadError if isinstance(ours, ModelLoadError) else InputError
+        return kind(str(ours.args[0]).splitlines()[0])
+    for current in seen:  # an actor that died in its constructor passes on only the traceback's text
+        found = _OUR_ERROR.search(str(current))
+        if found is not None:
+            return (ModelLoadError if found["kind"] in _LOAD_ERRORS else InputError)(found["message"].strip())
+    return InputError(f"the Ray run failed: {_first_line(error)}")
+
+
+_OUR_ERROR = re.compile(r"^attention_encodings\.errors\.(?P<kind>\w+): (?P<message>.+)$", re.MULTILINE)
+_LOAD_ERRORS = ("ModelLoadError", "UnsupportedArchitectureError")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -23,6 +23,7 @@ from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_TAP
 from ..settings import DEFAULT_TOP_K, Settings
 from ..stats import read_stats, write_stats
 from . import store, words
+from ..clusters import check_ray_address
 from .engine import check_batch_tokens, check_engine, plan, run_local, run_ray
 from .report import report_html
 from .sources import Source, read_source
@@ -150,6 +151,8 @@ def run_corpus(
     loaded and `on_note` each note for the user."""
     check_engine(engine)
     check_batch_tokens(batch_tokens)
+    if engine == "ray":
+        check_ray_address(ray_address)
     read = read_source(
         source if isinstance(source, (str, Path)) or not isinstance(source, os.PathLike) else os.fspath(source),
         format=format,
@@ -189,7 +192,7 @@ def run_corpus(
     shards = (
         run_local(handle, settings, pending, tag=tag)
         if engine == "local"
-        else run_ray(settings, pending, tag=tag, address=ray_address, on_start=on_note)
+        else run_ray(handle, settings, pending, tag=tag, address=ray_address, on_start=on_note)
     )
     for shard in shards:
         folder.write(shard)

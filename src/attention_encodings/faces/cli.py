@@ -422,7 +422,7 @@ def corpus_command(
     engine: Annotated[str, typer.Option(help=f"Where the batches run: {', '.join(CORPUS_ENGINES)}.")] = "local",
     ray_address: Annotated[
         Optional[str],
-        typer.Option(help="The Ray cluster for --engine ray (auto, ray://host:10001). Default: a local Ray for the run."),
+        typer.Option(help="The Ray cluster for --engine ray (head-node:6379, auto, ray://host:10001). Default: a local Ray for the run."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr (errors still print).")] = False,
@@ -430,6 +430,10 @@ def corpus_command(
     settings: Settings,
 ) -> None:
     """Measure every text of a corpus, in batches, into a folder: Parquet rows, a summary by word class, a report."""
+    if engine == "ray":  # before torch loads: an address where nothing listens is an error in seconds
+        from ..clusters import check_ray_address
+
+        check_ray_address(ray_address)
     from ..corpus import run_corpus
     from ..models import set_threads
 

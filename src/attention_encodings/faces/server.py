@@ -354,7 +354,8 @@ def serve(
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
     if not is_loopback(host):
-        print(f"warning: {host} is reachable beyond this machine and this server has no authentication: anyone who can reach it can use it", file=sys.stderr, flush=True)
+        warning = f"warning: {host} is reachable beyond this machine and this server has no authentication"
+        print(f"{warning}: anyone who can reach it can use it", file=sys.stderr, flush=True)
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
     url = f"http://{shown}:{bound.getsockname()[1]}/"
     if open_browser:
