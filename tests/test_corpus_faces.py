@@ -93,15 +93,23 @@ def test_help_does_not_load_the_corpus_libraries():
 
 
 def test_ray_engine_equals_local(tmp_path, tiny_roberta):
-    """The same batches on Ray Data's model actors (a local Ray started for the run) write the same numbers."""
+    """The same batches on Ray Data's model actors (a local Ray started for the run) write the same numbers, up to
+    float32 rounding: each actor runs one torch thread, the local engine one per core, and a sum split over two
+    threads rounds differently."""
     options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48}
     local = analyze_corpus(TEXTS, tmp_path / "local", str(tiny_roberta), **options)
     ray = analyze_corpus(TEXTS, tmp_path / "ray", str(tiny_roberta), engine="ray", **options)
     assert ray.manifest["run"]["engine"] == "ray" and ray.manifest["counts"]["shards"] > 2
-    pd.testing.assert_frame_equal(ray.tokens(), local.tokens(), check_exact=False, atol=1e-6, rtol=0)
+    tokens, expected = ray.tokens(), local.tokens()
+    pd.testing.assert_frame_equal(tokens.drop(columns="zscore"), expected.drop(columns="zscore"), check_exact=False, atol=1e-6)
+    # the z-score divides a cosine's rounding by the vocabulary's spread (about 0.05 here): 20 times a cosine's
+    assert np.allclose(tokens["zscore"], expected["zscore"], atol=2e-5, rtol=0)
     assert ray.tokens()["rank"].tolist() == local.tokens()["rank"].tolist()
     pd.testing.assert_frame_equal(ray.neighbours().drop(columns="cosine"), local.neighbours().drop(columns="cosine"))
-    pd.testing.assert_frame_equal(ray.summary(), local.summary(), check_exact=False, atol=1e-6, rtol=0)
+    summary, expected = ray.summary(), local.summary()
+    z = expected["measure"] == "zscore"
+    pd.testing.assert_frame_equal(summary[~z], expected[~z], check_exact=False, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(summary[z], expected[z], check_exact=False, atol=2e-5, rtol=0)
     assert ray.stats().count == local.stats().count
     assert np.allclose(ray.stats().mean.numpy(), local.stats().mean.numpy(), atol=1e-6)
     assert np.allclose(ray.stats().std.numpy(), local.stats().std.numpy(), atol=1e-6)
