@@ -251,3 +251,46 @@ def test_cli_fit_then_every_face_shows_the_measures(tiny_dirs, tmp_path, family)
     assert all(name in tokens.columns for name in names)
     summary = pd.read_csv(tmp_path / "corpus" / "summary.csv")
     assert set(names) <= set(summary["measure"])
+
+
+def test_export_in_the_tuned_lens_layout(fitted, tiny_dirs, tmp_path):
+    """params.pt holds `layer_translators`' state dict (one Linear per layer but the last) and config.json
+    tuned-lens's config; h + Linear(h) is our T_l(h)."""
+    from attention_encodings.corpus.lens_export import export_tuned_lens
+
+    lens = fitted["gpt2", "final"].lens
+    handle = load_model(str(tiny_dirs["gpt2"]))
+    export_tuned_lens(lens, handle, tmp_path / "tl")
+    config = json.loads((tmp_path / "tl" / "config.json").read_text())
+    assert config["num_hidden_layers"] == handle.num_layers and config["lens_type"] == "linear_tuned_lens"
+    translators = torch.nn.ModuleList(torch.nn.Linear(config["d_model"], config["d_model"]) for _ in range(config["num_hidden_layers"]))
+    translators.load_state_dict(torch.load(tmp_path / "tl" / "params.pt"))
+    h = torch.randn(handle.num_layers + 1, 5, config["d_model"])
+    ours = translate(h, lens.delta, lens.bias)
+    with torch.no_grad():
+        for layer, translator in enumerate(translators):
+            assert torch.allclose(h[layer] + translator(h[layer]), ours[layer], atol=1e-5)
+    with pytest.raises(InputError, match="resid_post"):
+        export_tuned_lens(fitted["gpt2", "embedding"].lens, handle, tmp_path / "no")
+
+
+def test_a_server_offers_its_lenses_by_name_only(fitted, tiny_dirs):
+    from fastapi.testclient import TestClient
+
+    from attention_encodings.faces.server import create_app
+
+    result = fitted["gpt2", "final"]
+    client = TestClient(create_app([str(tiny_dirs["gpt2"])], lenses=[str(result.path)]))
+    info = client.get("/api/models").json()
+    assert [lens["name"] for lens in info["lenses"]] == [result.path.name] and info["lenses"][0]["target"] == "final"
+    body = {"text": TEXTS[0], "tap": "resid_post", "lens": result.path.name}
+    answer = client.post("/api/analyze", json=body)
+    assert answer.status_code == 200 and "tuned_rank" in answer.json() and "tuned_kl" in answer.json()
+    refused = client.post("/api/analyze", json={**body, "lens": str(result.path)})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("unknown lens")
+    wrong_tap = client.post("/api/analyze", json={**body, "tap": "resid_mid"})
+    assert wrong_tap.status_code == 422 and "was fitted at tap resid_post" in wrong_tap.json()["detail"]
+    charts = client.post("/api/charts", json=body).json()
+    assert "tuned_rank" in json.dumps(charts)
+    with pytest.raises(InputError, match="which this server does not run"):
+        create_app([str(tiny_dirs["llama"])], lenses=[str(result.path)])
