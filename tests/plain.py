@@ -250,3 +250,31 @@ def assert_head_matches_plain(data: dict, plain: PlainHead) -> None:
                 if item["id"] != want_id:
                     assert abs(float(scores[item["id"]]) - float(scores[want_id])) < HEAD_TIE, (layer, p, place)
                 assert abs(item["probability"] - plain.probabilities[layer][p][place]) < 1e-5, (layer, p, place)
+
+
+def plain_lens_sums(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """One layer's fit sums over tokens (rows of `x` and `y`), token by token: a loop of outer products."""
+    d = x.shape[1]
+    sums = {"n": 0.0, "sx": np.zeros(d), "sy": np.zeros(d), "syy": 0.0, "xx": np.zeros((d, d)), "xy": np.zeros((d, d))}
+    for row, target in zip(x.astype(np.float64), y.astype(np.float64)):
+        sums["n"] += 1
+        sums["sx"] += row
+        sums["sy"] += target
+        sums["syy"] += float(target @ target)
+        sums["xx"] += np.outer(row, row)
+        sums["xy"] += np.outer(row, target)
+    return sums
+
+
+def plain_lens_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """One layer's ridge-toward-identity translator straight from its rows, as a least-squares problem:
+    min |Xc W − (Yc − Xc)|² + λ|W|², stacked as [Xc; √λ I] W = [Yc − Xc; 0] for numpy.linalg.lstsq; then
+    delta = Wᵀ and bias = ȳ − x̄ − x̄ W."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    mx, my = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - mx, y - my
+    d = x.shape[1]
+    a = np.vstack([xc, np.sqrt(lam) * np.eye(d)])
+    b = np.vstack([yc - xc, np.zeros((d, d))])
+    w = np.linalg.lstsq(a, b, rcond=None)[0]
+    return w.T, my - mx - mx @ w

@@ -266,7 +266,7 @@ def test_sample_statistics_on_the_command_line_and_a_changed_model(tmp_path, tin
         first = next(changed.model.parameters())
         first.add_(1.0)  # other weights, same name: new statistics, not the cached ones
     try:
-        assert stats_module._fingerprint(changed, "resid_mid") not in {path.name[len("sample-") : -4] for path in before}
+        assert stats_module.fingerprint(changed, "resid_mid") not in {path.name[len("sample-") : -4] for path in before}
     finally:
         with torch.no_grad():
             first.sub_(1.0)

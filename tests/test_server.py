@@ -37,10 +37,13 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
     assert info["defaults"] == {
         "tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False,
-        "normalize": "none", "stats": None
+        "normalize": "none", "stats": None, "lens": None
     }
-    assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == []
-    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
+    assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == [] and info["lenses"] == []
+    assert [m["name"] for m in info["measures"]] == [
+        "cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank",
+        "tuned_rank", "tuned_kl", "probe_cosine", "probe_rank",
+    ]
     assert [m["name"] for m in info["text_measures"]] == ["anisotropy"]
 
 
@@ -299,7 +302,7 @@ def test_charts_name_the_tables_each_model_has(smollm2):
         ["all-MiniLM-L6-v2 (bundled) has no output head (it loads as BertModel), so head_rank and the head's predictions are absent"],
         ["the embedding reference equals word here (no absolute positions or embedding norm)"],
     ]
-    assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
+    assert [m["name"] for m in info["measures"]][:7] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
     decoder = client.post("/api/charts", json={"text": "Fruit flies.", "model": "smollm2"}).json()
     assert decoder["measures"] == ["cosine", "rank", "overlap", "zscore", "head_rank"]
     assert decoder["tables"] == ["neighbours", "predictions"] and {"predictions", "head_rank_heatmap"} <= set(decoder["charts"])

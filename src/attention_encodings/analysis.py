@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .catalog import HEAD_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
+from .catalog import HEAD_MEASURES, LENS_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
 from .errors import InputError, MeasureUnavailableError
 from .metrics import (
     DEFAULT_REFERENCE,
@@ -41,6 +41,7 @@ from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
 from .stats import load_stats
 from .trace import DEFAULT_TAP, Encoding, encode, trace
+from .tuned_lens import LearnedLens, check_lens, lens_values, read_lens
 
 if TYPE_CHECKING:  # pandas loads with the first table asked for, not with every analysis
     import pandas as pd
@@ -527,6 +528,7 @@ def analyze(
     dtype: str | None = None,
     normalize: str = "none",
     stats: str | os.PathLike[str] | Stats | None = None,
+    lens: str | os.PathLike[str] | LearnedLens | None = None,
 ) -> Analysis:
     """Trace `text` through `model` and measure every token at every layer.
 
@@ -535,15 +537,20 @@ def analyze(
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
     `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
     `normalize` (center, standardize) normalises the tapped vectors and reference rows with `stats`: a
-    `stats.npz` path, `"sample"`, or `Stats` already in memory.
+    `stats.npz` path, `"sample"`, or `Stats` already in memory. `lens` (a folder `fit-lens` wrote, or a
+    `LearnedLens`) adds its measures: tuned_rank and tuned_kl, or probe_cosine and probe_rank.
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
     settings, handle = settings_for(
         model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate,
         similarity=similarity, device=device, dtype=dtype, normalize=normalize,
         stats=stats.source if isinstance(stats, Stats) else (None if stats is None else os.fspath(stats)),
+        lens=lens.source if isinstance(lens, LearnedLens) else (None if lens is None else os.fspath(lens)),
     )
-    return analyze_with(settings, text, handle, progress=progress, stats=stats if isinstance(stats, Stats) else None)
+    return analyze_with(
+        settings, text, handle, progress=progress, stats=stats if isinstance(stats, Stats) else None,
+        lens=lens if isinstance(lens, LearnedLens) else None,
+    )
 
 
 def settings_for(
@@ -612,6 +619,7 @@ def measure_texts(
     *,
     progress: Progress | None = None,
     stats: Stats | None = None,
+    lens: LearnedLens | None = None,
 ) -> Measured:
     """Trace `encodings` in one padded batch at `settings.tap` and compute every measure of every token, and of
     each text: the one computation behind `analyze()` and corpus mode, so a text's numbers do not depend on the
@@ -620,10 +628,14 @@ def measure_texts(
 
     Where the model has an output head, a second scan reads the tapped vectors through it (the head lens, never
     normalised: the head reads the model's own vectors): head_rank and the head's `neighbours` most probable
-    items."""
+    items. With a learned lens (`lens` in memory, else the folder `settings.lens` names; checked by the caller,
+    `lens_for`), its measures too (`tuned_lens.lens_values`)."""
     _check_at_most_vocabulary(settings, handle)
+    learned = lens if lens is not None or settings.lens is None else read_lens(settings.lens)
     lens = head_lens_for(handle)
-    tapped = trace(handle, encodings, taps=(settings.tap,)).packed(settings.tap)
+    final_tap = "resid_post" if learned is not None and learned.target == "final" else settings.tap
+    traced = trace(handle, encodings, taps=tuple(dict.fromkeys((settings.tap, final_tap))))
+    tapped = traced.packed(settings.tap)
     normalized = normalization_for(handle, settings, tapped.shape[0], tapped.shape[-1], stats)
     states = tapped if normalized is None else normalized.states(tapped)
     space = reference_for(handle, settings.reference, normalized)
@@ -657,6 +669,11 @@ def measure_texts(
             "prediction_ids": found.top_ids[..., :n],
             "prediction_probabilities": (found.top_values[..., :n] - found.log_partition[..., None]).exp(),
         }
+    if learned is not None:
+        inner = lens if learned.target == "final" else reference_for(handle, settings.reference)
+        targets = head["head_targets"] if learned.target == "final" else token_ids
+        final = traced.packed(final_tap)[-1] if learned.target == "final" else None
+        values |= lens_values(learned, tapped, final, targets, offsets, inner)  # type: ignore[arg-type]
     return Measured(
         encodings=tuple(encodings),
         values={name: values[name].cpu() for name in MEASURES if name in values},
@@ -676,12 +693,15 @@ def analyze_with(
     *,
     progress: Progress | None = None,
     stats: Stats | None = None,
+    lens: LearnedLens | None = None,
 ) -> Analysis:
     """`analyze()` driven by a `Settings`, as every face calls it; `model` overrides `settings.model` with a
-    handle that is already loaded, and `stats` the statistics `settings.stats` names with ones in memory."""
+    handle that is already loaded, `stats` the statistics `settings.stats` names with ones in memory, and `lens`
+    the learned lens `settings.lens` names with one in memory (either is checked to fit before any work)."""
     handle = load_for(settings, model)
+    learned = lens_for(handle, settings, lens)
     encoding = encode(handle, text, truncate=settings.truncate)
-    measured = measure_texts(handle, settings, [encoding], progress=progress, stats=stats)
+    measured = measure_texts(handle, settings, [encoding], progress=progress, stats=stats, lens=learned)
     ids = encoding.input_ids.tolist()
     special = set(handle.tokenizer.all_special_ids)
     tokens = tuple(
@@ -699,6 +719,7 @@ def analyze_with(
             "prediction_texts": texts_of(handle, measured.prediction_ids.numpy()),
         }
     absent = {} if head else {name: missing_head(handle) for name in HEAD_MEASURES}
+    absent |= {name: missing_lens(learned) for names in LENS_MEASURES.values() for name in names if name not in measured.values}
     return Analysis(
         model=handle.name,
         model_label=handle.label,
@@ -719,6 +740,21 @@ def analyze_with(
         absent=absent,
         **head,
     )
+
+
+def lens_for(handle: LoadedModel, settings: Settings, lens: LearnedLens | None = None) -> LearnedLens | None:
+    """The learned lens an analysis uses: `lens` (in memory) or the folder `settings.lens` names, checked to fit
+    `handle` at `settings.tap` and `settings.reference`; None without one."""
+    if lens is None and settings.lens is None:
+        return None
+    return check_lens(lens if lens is not None else read_lens(settings.lens or ""), handle, settings.tap, settings.reference)
+
+
+def missing_lens(lens: LearnedLens | None) -> str:
+    """Why a learned lens's measure is absent."""
+    if lens is None:
+        return "analysed without a learned lens (--lens LENS_DIR, which fit-lens writes)"
+    return f"the lens {lens.source} has target {lens.target}, which gives {' and '.join(lens.measures)}"
 
 
 def texts_of(handle: LoadedModel, ids: np.ndarray) -> np.ndarray:

@@ -153,12 +153,59 @@ HEAD_RANK = MeasureInfo(
     lower_is_closer=True,
 )
 
+TUNED_RANK = MeasureInfo(
+    "tuned_rank",
+    "Tuned rank: vocabulary items the head prefers to the target, through the learned lens",
+    "head_rank of the representation after the learned lens's translator for its layer (--lens, target final): "
+    "how many items the output head ranks above the target once the vector is read as the last layer's",
+    "tuned rank (symlog)",
+    "d",
+    scale="symlog",
+    integer=True,
+    nullable=True,
+    lower_is_closer=True,
+)
+TUNED_KL = MeasureInfo(
+    "tuned_kl",
+    "Tuned KL: bits from the model's final prediction, through the learned lens",
+    "KL divergence from the model's final output distribution to the head's distribution of the translated "
+    "representation (--lens, target final), in bits (0 = the same prediction)",
+    "KL (bits)",
+    ".3f",
+    lower_is_closer=True,
+)
+PROBE_COSINE = MeasureInfo(
+    "probe_cosine",
+    "Probe cosine to the original encoding, through the learned lens",
+    "cosine of the representation, after the learned lens's translator back to the input (--lens, target "
+    "embedding), to the token's own reference encoding",
+    "cosine",
+    ".3f",
+)
+PROBE_RANK = MeasureInfo(
+    "probe_rank",
+    "Probe rank: vocabulary items closer than the original, through the learned lens",
+    "rank of the token's own reference encoding among the vocabulary, for the representation after the learned "
+    "lens's translator back to the input (--lens, target embedding)",
+    "probe rank (symlog)",
+    "d",
+    scale="symlog",
+    integer=True,
+    lower_is_closer=True,
+)
+
 MEASURES: dict[str, MeasureInfo] = {
-    info.name: info for info in (COSINE, RANK, OVERLAP, VOCAB_MEAN, VOCAB_STD, ZSCORE, HEAD_RANK)
+    info.name: info
+    for info in (COSINE, RANK, OVERLAP, VOCAB_MEAN, VOCAB_STD, ZSCORE, HEAD_RANK, TUNED_RANK, TUNED_KL, PROBE_COSINE, PROBE_RANK)
 }
 """Every measure of each token, in the order faces show them."""
 HEAD_MEASURES: tuple[str, ...] = (HEAD_RANK.name,)
 """The measures that read the model's output head: absent where the loaded model has none."""
+LENS_MEASURES: dict[str, tuple[str, ...]] = {
+    "final": (TUNED_RANK.name, TUNED_KL.name),
+    "embedding": (PROBE_COSINE.name, PROBE_RANK.name),
+}
+"""The measures a learned lens adds (`--lens`), by its target: absent without one."""
 
 ANISOTROPY = MeasureInfo(
     "anisotropy",

@@ -82,6 +82,12 @@ class Settings:
         "The statistics --normalize uses: a stats.npz file as 'attention-encodings corpus' writes it (mean and std "
         "per layer) or 'sample': the bundled sample corpus's, for this model and tap (computed once, then cached).",
     )
+    lens: str | None = _option(
+        None,
+        "A learned lens (the folder 'attention-encodings fit-lens' writes) whose measures to add: tuned_rank and "
+        "tuned_kl (target final) or probe_cosine and probe_rank (target embedding). A server takes the name of one "
+        "it was started with.",
+    )
     truncate: bool = _option(False, "Cut text longer than the model's limit instead of refusing it.", web=False)
     device: str = _option(
         DEFAULT_DEVICE, "Where the model runs (auto: CUDA if available, else the CPU).", choices=DEVICES, web=False,

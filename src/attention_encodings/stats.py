@@ -111,7 +111,7 @@ def sample_stats(
         kept = _in_memory.setdefault(handle.model, {})
         if tap in kept:
             return kept[tap]
-        path = cache_root() / "stats" / f"sample-{_fingerprint(handle, tap)}.npz"
+        path = cache_root() / "stats" / f"sample-{fingerprint(handle, tap)}.npz"
         if path.is_file():
             kept[tap] = replace(read_stats(path), source=SAMPLE_STATS)
             return kept[tap]
@@ -137,8 +137,8 @@ def sample_stats(
         return kept[tap]
 
 
-def _fingerprint(handle: LoadedModel, tap: str) -> str:
-    """A short name for (model, precision, tap): the model's name and shape, and a strided sample of every
+def fingerprint(handle: LoadedModel, tap: str) -> str:
+    """A short name for (model, precision, tap) (the sample statistics' cache key, and a learned lens's check): the model's name and shape, and a strided sample of every
     parameter, so a folder whose weights changed gets new statistics."""
     digest = hashlib.sha256(f"{SAMPLE_STATS_VERSION}|{handle.name}|{handle.model.dtype}|{tap}|{handle.num_layers}".encode())
     weights_digest(handle.model, digest)

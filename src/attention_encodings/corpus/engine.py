@@ -271,23 +271,30 @@ def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts
     }
 
 
-def run_local(handle: LoadedModel, settings: Settings, batches: Sequence[Batch], *, tag: bool) -> Iterator[Shard]:
+Work = Callable[..., Shard]
+"""What an engine does with each batch: `work(handle, settings, batch, tag=...)`, `measure_batch` by default (a
+picklable top-level function, for Ray's actors)."""
+
+
+def run_local(
+    handle: LoadedModel, settings: Settings, batches: Sequence[Batch], *, tag: bool, work: Work = measure_batch
+) -> Iterator[Shard]:
     """The local engine: each batch in turn, in this process, on the loaded model."""
     for batch in batches:
-        yield measure_batch(handle, settings, batch, tag=tag)
+        yield work(handle, settings, batch, tag=tag)
 
 
 class _Measurer:
     """A Ray Data model actor: loads exactly the driver's model once (`PinnedModel`), proves it by the weights'
     fingerprint, then measures the batches it is handed."""
 
-    def __init__(self, pinned: PinnedModel, settings: Settings, tag: bool, threads: int) -> None:
+    def __init__(self, pinned: PinnedModel, settings: Settings, tag: bool, threads: int, work: Work = measure_batch) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         set_threads(threads)
-        self.settings, self.tag = settings, tag
+        self.settings, self.tag, self.work = settings, tag, work
         try:
             self.handle = pinned.load(settings.device)
         except ModelLoadError as error:
@@ -300,7 +307,7 @@ class _Measurer:
             )
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        shards = [pickle.dumps(measure_batch(self.handle, self.settings, pickle.loads(b), tag=self.tag)) for b in rows["batch"]]
+        shards = [pickle.dumps(self.work(self.handle, self.settings, pickle.loads(b), tag=self.tag)) for b in rows["batch"]]
         return {"shard": np.array(shards, dtype=object)}
 
 
@@ -319,6 +326,7 @@ def run_ray(
     tag: bool,
     address: str | None,
     on_start: Callable[[str], None] | None = None,
+    work: Work = measure_batch,
 ) -> Iterator[Shard]:
     """The Ray engine: Ray Data over the batch descriptors, `map_batches` over a pool of model actors (each loads
     exactly `handle`'s weights, pinned), results back to this process, which writes them. Starts a local Ray for
@@ -352,7 +360,7 @@ def run_ray(
         items = [{"batch": pickle.dumps(b)} for b in batches]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _Measurer,
-            fn_constructor_kwargs={"pinned": pinned, "settings": settings, "tag": tag, "threads": threads},
+            fn_constructor_kwargs={"pinned": pinned, "settings": settings, "tag": tag, "threads": threads, "work": work},
             batch_size=1,
             concurrency=actors,
             num_cpus=RAY_ACTOR_CPUS,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
-from ..analysis import load_for, settings_for
+from ..analysis import lens_for, load_for, settings_for
 from ..catalog import MEASURES
 from ..metrics import Stats
 from ..models import LoadedModel
@@ -102,6 +102,7 @@ def analyze_corpus(
     ray_address: str | None = None,
     overwrite: bool = False,
     progress: CorpusProgress | None = None,
+    lens: str | os.PathLike[str] | None = None,
 ) -> CorpusAnalysis:
     """Measure every text of `source` (a path: .txt, .jsonl, .parquet, .conllu; `"-"` for standard input;
     `"sample"` for the bundled UD English-EWT sentences; or an iterable of strings) and write the results to the
@@ -109,10 +110,12 @@ def analyze_corpus(
 
     The measures are `analyze()`'s, computed in padded batches of at most `batch_tokens` tokens; `engine="ray"`
     runs them on Ray Data (a local Ray, or the cluster at `ray_address`). Bad records are skipped and listed in
-    `texts.parquet`; an unusable input raises `InputError` before any work.
+    `texts.parquet`; an unusable input raises `InputError` before any work. `lens` (a folder fit-lens wrote) adds
+    its measures' columns.
     """
     settings, handle = settings_for(
-        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype
+        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype,
+        lens=None if lens is None else os.fspath(lens),
     )
     return run_corpus(
         settings,
@@ -162,6 +165,7 @@ def run_corpus(
     handle = load_for(settings, model)
     if on_model is not None:
         on_model(handle)
+    lens_for(handle, settings)  # a lens that does not fit is refused before any work
     settings = settings.replace(model=handle.name)
     tag = not read.gold and words.spacy_available()
     word_classes = "gold UPOS (CoNLL-U)" if read.gold else (words.spacy_version() if tag else None)

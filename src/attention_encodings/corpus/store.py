@@ -44,8 +44,13 @@ def atomic(path: Path, write: Callable[[Path], None]) -> None:
 class RunFolder:
     """One run's output folder."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, own: tuple[str, ...] = OWN, folders: tuple[str, ...] = (TOKENS, SHARDS), kind: str = "corpus run"
+    ) -> None:
+        """`own`: what the run writes (what `clear` removes); `folders`: the subfolders it needs; `kind`: what it
+        is called in messages (fit-lens keeps its folder with these too)."""
         self.path = Path(path)
+        self.own, self.folders, self.kind = own, folders, kind
 
     def open(self, identity: dict[str, Any], *, overwrite: bool) -> None:
         """Make the folder ready for a run with `identity` (everything that decides its numbers): new, empty, or
@@ -56,7 +61,7 @@ class RunFolder:
         manifest = self.path / MANIFEST
         if self.path.is_dir() and any(self.path.iterdir()):
             if not manifest.is_file():
-                raise InputError(f"{self.path} is not empty and holds no corpus run; choose a new or empty folder for --out")
+                raise InputError(f"{self.path} is not empty and holds no {self.kind}; choose a new or empty folder for --out")
             found = self.read_manifest().get("identity", {})
             if found != identity:
                 if not overwrite:
@@ -65,7 +70,7 @@ class RunFolder:
                         "use --overwrite to replace it"
                     )
                 self.clear()
-        for folder in (self.path, self.path / TOKENS, self.path / SHARDS):
+        for folder in (self.path, *(self.path / name for name in self.folders)):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
@@ -73,7 +78,7 @@ class RunFolder:
 
     def clear(self) -> None:
         """Remove what a run wrote, and nothing else."""
-        for name in OWN:
+        for name in self.own:
             target = self.path / name
             if target.is_dir():
                 shutil.rmtree(target)

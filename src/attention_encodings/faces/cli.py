@@ -401,31 +401,42 @@ def corpus_progress(quiet: bool) -> Iterator[object]:
         yield update
 
 
+InputArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="INPUT",
+        help="A .txt (one text per line), .jsonl, .parquet or .conllu file; - for lines on standard input; "
+        "or 'sample', the bundled UD English-EWT dev sentences.",
+    ),
+]
+TextFieldOption = Annotated[str, typer.Option(help="The JSON field or Parquet column holding the text.")]
+InputFormatOption = Annotated[
+    str, typer.Option("--format", "-f", help=f"The input's format: {', '.join(CORPUS_FORMATS)} (auto: from its extension).")
+]
+LimitOption = Annotated[Optional[int], typer.Option(min=1, help="Only the first N records.")]
+BatchTokensOption = Annotated[int, typer.Option(min=1, help="Padded tokens per batch (bounds memory).")]
+EngineOption = Annotated[str, typer.Option(help=f"Where the batches run: {', '.join(CORPUS_ENGINES)}.")]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option(help="The Ray cluster for --engine ray (head-node:6379, auto, ray://host:10001). Default: a local Ray for the run."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr (errors still print).")]
+"""Corpus mode's input options, shared by `corpus` and `fit-lens`."""
+
+
 @app.command("corpus")
 @with_settings(neighbours=0, skip=("similarity",))
 def corpus_command(
-    source: Annotated[
-        str,
-        typer.Argument(
-            metavar="INPUT",
-            help="A .txt (one text per line), .jsonl, .parquet or .conllu file; - for lines on standard input; "
-            "or 'sample', the bundled UD English-EWT dev sentences.",
-        ),
-    ],
+    source: InputArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="The output folder (created; rerun the same command to resume).")],
-    text_field: Annotated[str, typer.Option(help="The JSON field or Parquet column holding the text.")] = "text",
-    input_format: Annotated[
-        str, typer.Option("--format", "-f", help=f"The input's format: {', '.join(CORPUS_FORMATS)} (auto: from its extension).")
-    ] = "auto",
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N records.")] = None,
-    batch_tokens: Annotated[int, typer.Option(min=1, help="Padded tokens per batch (bounds memory).")] = DEFAULT_BATCH_TOKENS,
-    engine: Annotated[str, typer.Option(help=f"Where the batches run: {', '.join(CORPUS_ENGINES)}.")] = "local",
-    ray_address: Annotated[
-        Optional[str],
-        typer.Option(help="The Ray cluster for --engine ray (head-node:6379, auto, ray://host:10001). Default: a local Ray for the run."),
-    ] = None,
+    text_field: TextFieldOption = "text",
+    input_format: InputFormatOption = "auto",
+    limit: LimitOption = None,
+    batch_tokens: BatchTokensOption = DEFAULT_BATCH_TOKENS,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr (errors still print).")] = False,
+    quiet: QuietOption = False,
     *,
     settings: Settings,
 ) -> None:
@@ -476,6 +487,14 @@ def serve_command(
             "tap (computed once, then cached). Default: none.",
         ),
     ] = None,
+    lens: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--lens",
+            help="Learned lenses (folders fit-lens wrote) a request may add, comma-separated or repeated; read now, and "
+            "named in requests by their folder's name. Default: none.",
+        ),
+    ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the page in a web browser.")] = False,
     *,
     settings: Settings,
@@ -484,7 +503,10 @@ def serve_command(
     from .server import serve  # FastAPI and uvicorn load only for this command, not for every CLI start
 
     allowed = _listed(models)
-    serve(allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings, stats=_listed(stats))
+    serve(
+        allowed or [None], host=host, port=port, open_browser=open_browser, settings=settings, stats=_listed(stats),
+        lenses=_listed(lens),
+    )
 
 
 def _listed(entries: list[str] | None) -> list[str]:
@@ -539,6 +561,11 @@ def cuda_summary() -> str:
     if not torch.cuda.is_available():
         return "not available (--device auto uses the CPU)"
     return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
+
+
+from .lens import register as register_lens  # noqa: E402  (fit-lens: its own module, which reads the options above)
+
+register_lens(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,6 +41,7 @@ from ..names import NORMALIZATIONS, REFERENCES, SAMPLE_STATS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
 from ..stats import read_stats, sample_stats
 from ..trace import TAPS, check_text
+from ..tuned_lens import check_offered, offered_lenses_of
 from ..views import TABLES, default_token, page_specs, vega_javascript
 from .guard import MAX_BODY_BYTES, Guard
 
@@ -60,6 +61,8 @@ LIMITS: dict[str, int] = {"neighbours": MAX_NEIGHBOURS}
 WEB_HELP: dict[str, str] = {
     "stats": "The statistics to normalize with: an id from GET /api/models `stats` (the statistics this server was "
     "started with); default: the first. Only with normalize center or standardize.",
+    "lens": "A learned lens whose measures to add: a name from GET /api/models `lenses` (the lenses this server was "
+    "started with, by folder name); default: none.",
 }
 """Request field descriptions that differ from the command line's help."""
 
@@ -127,6 +130,9 @@ class ServerInfo(BaseModel):
     references: list[str]
     normalizations: list[str]
     stats: list[str] = Field(description="The statistics a request may normalize with (its `stats`), by id.")
+    lenses: list[dict[str, Any]] = Field(
+        default_factory=list, description="The learned lenses a request may add (its `lens`): name, model, tap, reference, target."
+    )
     defaults: dict[str, Any]
     limits: dict[str, int]
 
@@ -191,13 +197,16 @@ def _validation_detail(error: RequestValidationError) -> tuple[int, str]:
 
 
 def create_app(
-    models: Sequence[str | None] = (None,), settings: Settings = Settings(), stats: Sequence[str] = ()
+    models: Sequence[str | None] = (None,), settings: Settings = Settings(), stats: Sequence[str] = (), lenses: Sequence[str] = ()
 ) -> FastAPI:
     """The web app, allowed to run exactly `models` (hub ids, directories, "bundled"; None: the default),
     each loaded once on the device and in the dtype of `settings`, and to normalize with exactly the statistics
     files `stats`, each read once, now (a request names one by the string given here); `sample` offers the
-    statistics of the bundled sample corpus, for each model and tap."""
+    statistics of the bundled sample corpus, for each model and tap; and to add exactly the learned `lenses`
+    (folders fit-lens wrote), each read now and named by its folder's name (`tuned_lens.offered_lenses`)."""
+    offered_lenses = offered_lenses_of(lenses)
     allowed = load_allowed(models, settings)
+    check_offered(offered_lenses, list(allowed.values()))
     offered: dict[str, Stats | None] = {source: None if source == SAMPLE_STATS else read_stats(source) for source in stats}
     if SAMPLE_STATS in offered:  # computed (or read from the cache) now at the default tap; other taps when asked
         for handle in allowed.values():
@@ -227,7 +236,9 @@ def create_app(
 
     @lru_cache(maxsize=CACHE_SIZE)
     def cached(model_id: str, text: str, settings: Settings) -> Analysis:
-        return analyze_with(settings, text, allowed[model_id], stats=offered.get(settings.stats or ""))
+        return analyze_with(
+            settings, text, allowed[model_id], stats=offered.get(settings.stats or ""), lens=offered_lenses.get(settings.lens or "")
+        )
 
     def chosen_stats(normalize: str, stats: str | None) -> str | None:
         """The statistics id a request normalizes with: its own, else the first offered; never a path."""
@@ -247,6 +258,9 @@ def create_app(
             raise InputError(f"unknown model {model_id!r}; this server runs: {', '.join(served)}")
         chosen = request.model_dump(exclude={"text", "model"})
         chosen["stats"] = chosen_stats(request.normalize, request.stats)
+        if request.lens is not None and request.lens not in offered_lenses:
+            listing = ", ".join(offered_lenses) or "none (start the server with --lens LENS_DIR)"
+            raise InputError(f"unknown lens {request.lens!r}; this server offers: {listing}")
         return model_id, Settings(model=allowed[model_id].name, **chosen)
 
     def run(request: AnalyzeRequest) -> tuple[ServedModel, Analysis]:
@@ -289,6 +303,7 @@ def create_app(
             references=list(REFERENCES),
             normalizations=list(NORMALIZATIONS),
             stats=list(offered),
+            lenses=[{"name": name, **{key: lens.meta.get(key) for key in ("model", "tap", "reference", "target")}} for name, lens in offered_lenses.items()],
             defaults={item.name: default_of(item) for item, option in options() if option.web},
             limits={"max_chars": MAX_CHARS, "max_tokens": MAX_TOKENS, "max_neighbours": MAX_NEIGHBOURS},
         )
@@ -346,11 +361,12 @@ def serve(
     open_browser: bool = False,
     settings: Settings = Settings(),
     stats: Sequence[str] = (),
+    lenses: Sequence[str] = (),
 ) -> None:
-    """Load the allowed models and statistics, then serve the page and the API until interrupted, placed as
-    `settings` says (device, dtype and threads)."""
+    """Load the allowed models, statistics and lenses, then serve the page and the API until interrupted, placed
+    as `settings` says (device, dtype and threads)."""
     set_threads(settings.threads)
-    app = create_app(models, settings, stats)
+    app = create_app(models, settings, stats, lenses)
     bound = listen(host, port)
     vega_javascript()  # built once (about a second) before the first page asks for it
     if not is_loopback(host):

@@ -13,7 +13,7 @@
 // its fragment, so changing the query would break them.)
 
 const $ = (selector) => document.querySelector(selector);
-const SETTINGS = ["model", "tap", "reference", "top_k", "neighbours", "normalize", "stats"];
+const SETTINGS = ["model", "tap", "reference", "top_k", "neighbours", "normalize", "stats", "lens"];
 const NUMBERS = new Set(["top_k", "neighbours"]);
 const VEGA_LOG_ERRORS = 1;  // vega.Error: warnings such as an empty hover layer's extent are noise here
 
@@ -62,6 +62,9 @@ function fillControls(server) {
   for (const mode of server.normalizations) option($("#normalize"), mode, mode);
   for (const stats of server.stats) option($("#stats"), stats, stats.split("/").pop());
   $("#normalize").value = server.defaults.normalize;
+  option($("#lens"), "", "none");  // a learned lens adds its measures' charts (serve --lens LENS_DIR)
+  for (const lens of server.lenses || []) option($("#lens"), lens.name, `${lens.name} (${lens.target})`);
+  $("#lens").disabled = !(server.lenses || []).length;
   if (server.stats.length === 0) {
     $("#normalize").disabled = true;
     $("#normalize").title = "This server has no statistics to normalise with (start it with --stats FILE).";
@@ -124,6 +127,7 @@ function runOf(request) {
   const run = { text: request.text };
   for (const name of SETTINGS) run[name] = request[name];
   if (run.normalize === "none" || !run.stats) delete run.stats;  // statistics only go with a normalisation
+  if (!run.lens) delete run.lens;
   return run;
 }
 
@@ -144,6 +148,7 @@ function formRequest() {
   }
   body.similarity = page.paired >= 0;
   if (body.normalize === "none" || !body.stats) delete body.stats;
+  if (!body.lens) delete body.lens;
   return body;
 }
 
