@@ -261,10 +261,12 @@ def attribute(
     cosine: np.ndarray,
     rank: np.ndarray,
     focus: Sequence[int] | None = None,
+    ablation: bool = True,
 ) -> Attribution:
     """The attribution of one traced text (`trace(..., heads=True)`) at `tap`, against `space` (normalised by
     `normalized`, as the measures were). The detail (attention, sources, ablation ranks) covers every token of
-    a text of up to DETAIL_TOKENS tokens; beyond that, only the token indices in `focus` (none without)."""
+    a text of up to DETAIL_TOKENS tokens; beyond that, only the token indices in `focus` (none without);
+    `ablation=False` leaves out the ablation ranks (one more scan, of H vectors per token and layer)."""
     blocks = blocks_of(handle, traced)
     encoding = traced.encodings[0]
     adapter = handle.adapter
@@ -287,22 +289,14 @@ def attribute(
     if rows:
         chosen = torch.tensor(rows, device=y.device)
         signed, sizes = source_terms(blocks, route(blocks, tap, normalized), y, unit, chosen)
-        modules = adapter.blocks(handle.model)
-        dtype = handle.model.dtype
-
-        def after(layer: int, mid: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return adapter.after_attention(modules[layer], mid.to(dtype), tap)
-
-        with handle.lock:
-            vectors = ablated(blocks, chosen, after)
-        ranks = ablation_rank(vectors, encoding.input_ids[chosen], offsets[chosen], space, normalized)
         found |= {
             "attention": blocks.weights[:, :, chosen].cpu().numpy(),
             "source_shares": signed.cpu().numpy(),
             "source_norms": sizes.cpu().numpy(),
-            "ablation_rank": ranks.cpu().numpy(),
         }
+        if ablation:
+            ranks = head_ablation_ranks(handle, blocks, tap, chosen, space, normalized, encoding.input_ids, offsets)
+            found["ablation_rank"] = ranks.cpu().numpy()
     result = Attribution(
         tokens=tuple(tokens),
         sources=tuple(tokens),
@@ -316,6 +310,31 @@ def attribute(
     if rows and len(rows) < count:  # the detail of a few tokens of a long text: keep those tokens' rows whole
         return _only(result, rows)
     return result
+
+
+def head_ablation_ranks(
+    handle: LoadedModel,
+    blocks: Blocks,
+    tap: str,
+    rows: torch.Tensor,
+    space: ReferenceSpace,
+    normalized: Normalization | None,
+    token_ids: torch.Tensor,
+    offsets: torch.Tensor,
+) -> torch.Tensor:
+    """(N, H, t) the rank of each of the tokens `rows` with each head removed, its block recomputed by the
+    block's own modules (`Adapter.after_attention`), all N·H·t vectors in one scan."""
+    adapter = handle.adapter
+    modules = adapter.blocks(handle.model)
+    dtype = handle.model.dtype
+
+    def after(layer: int, mid: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return adapter.after_attention(modules[layer], mid.to(dtype), tap)
+
+    with handle.lock:
+        vectors = ablated(blocks, rows, after)
+    return ablation_rank(vectors, token_ids[rows], offsets[rows], space, normalized)
 
 
 def _only(result: Attribution, rows: list[int]) -> Attribution:
