@@ -143,13 +143,12 @@ def check_tap(handle, tap: str, reference: str, normalize: str, stats: Stats | N
     chosen = list(layers or range(handle.num_layers))
     attentions = {layer: plain_attention(handle, taps["resid_post"][layer], layer) for layer in chosen}
     references: list[torch.Tensor] = []
-    made: dict[int, torch.Tensor] = {}  # unit rows by the raw rows' storage: a slot-free reference is built once
+    slot_free = reference == "word" or handle.adapter.positions_path is None  # the same rows at every slot
     for p in range(len(ids)):
-        raw = reference_rows(handle, encoding, p, reference).float()
-        if raw.data_ptr() not in made:
-            rows = raw if shift is None else (raw - shift[0]) / (1 if scale is None else scale[0])
-            made[raw.data_ptr()] = rows / rows.norm(dim=-1, keepdim=True)
-        rows = made[raw.data_ptr()]
+        if not (slot_free and references):
+            rows = reference_rows(handle, encoding, p, reference).float()
+            rows = rows if shift is None else (rows - shift[0]) / (1 if scale is None else scale[0])
+            rows = rows / rows.norm(dim=-1, keepdim=True)
         references.append(rows)
         unit = rows[ids[p]]
         for layer in chosen:
