@@ -148,7 +148,7 @@ def check_tap(handle, tap: str, reference: str, normalize: str, stats: Stats | N
         if not (slot_free and references):
             rows = reference_rows(handle, encoding, p, reference).float()
             rows = rows if shift is None else (rows - shift[0]) / (1 if scale is None else scale[0])
-            rows = rows / rows.norm(dim=-1, keepdim=True)
+            rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # a zero row (padding) has cosine 0
         references.append(rows)
         unit = rows[ids[p]]
         for layer in chosen:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .errors import InputError
 from .metrics import Normalization, ReferenceSpace
 from .metrics.attribution import (
     Blocks,
@@ -113,8 +114,8 @@ class Attribution:
         index = token_index(self.tokens, token)
         return next(row for row, t in enumerate(self.tokens) if t.index == index)
 
-    def select(self, token: int) -> Attribution:
-        """Narrowed to the token with index `token` (sources stay whole)."""
+    def select(self, token: int | str) -> Attribution:
+        """Narrowed to the one token `token` names (sources stay whole)."""
         row = self._row(token)
         keep = slice(row, row + 1)
 
@@ -152,7 +153,7 @@ class Attribution:
         """The heads of block `layer` (1..N) for one token, largest |share| first, each with its ablation rank and
         the sources it drew from most (by attention weight)."""
         if layer not in self.layers:
-            raise _input_error(f"layer must be one of 1..{len(self.layers)} (the blocks); got {layer}")
+            raise InputError(f"layer must be one of 1..{len(self.layers)} (the blocks); got {layer}")
         row, at = self._row(token), layer - 1
         values = self.shares[at, 1 : 1 + self.num_heads, row]
         found = []
@@ -179,10 +180,9 @@ class Attribution:
         layer, part, token = layer.reshape(-1), part.reshape(-1), token.reshape(-1)
         head = part - 1
         is_head = (head >= 0) & (head < self.num_heads)
-        ablation = pd.array(np.full(len(layer), 0), dtype="Int64")
+        ablation = pd.array([pd.NA] * len(layer), dtype="Int64")
         if self.ablation_rank is not None:
             ablation[is_head] = self.ablation_rank[layer[is_head], head[is_head], token[is_head]]
-        ablation[~is_head if self.ablation_rank is not None else slice(None)] = pd.NA
         return pd.DataFrame(
             {
                 "layer": layer + 1,
@@ -216,12 +216,6 @@ class Attribution:
 def _listed(values: np.ndarray) -> list[Any]:
     """Float values as nested lists for JSON, NaN as null."""
     return np.where(np.isnan(values), None, values.astype(object)).tolist()
-
-
-def _input_error(message: str) -> Exception:
-    from .errors import InputError
-
-    return InputError(message)
 
 
 def blocks_of(handle: LoadedModel, traced: Trace, item: int = 0) -> Blocks:

@@ -158,7 +158,7 @@ def trace(
     handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: Sequence[str] = TAPS, *, heads: bool = False
 ) -> Trace:
     """Run one forward pass over `encodings` (one, or several padded into a batch with an attention mask) and
-    capture layer 0 and, per block, the `taps` asked for (default: all three). With `heads`, also every taps and
+    capture layer 0 and, per block, the `taps` asked for (default: all three). With `heads`, every tap and
     what attribution reads inside each block (`HeadCapture`); the attention then runs in the model's eager
     implementation, the one that returns its weights, for this pass only."""
     batch = (encodings,) if isinstance(encodings, Encoding) else tuple(encodings)
