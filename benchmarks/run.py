@@ -7,6 +7,7 @@
     python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
     python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
     python benchmarks/run.py --only soak      # only case 10, 16 clients for 60 s against the server (bundled model)
+    python benchmarks/run.py --only attribution # only case 11, the cost of attribution (heads, MLP, residual)
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -45,7 +46,8 @@ from transformers.utils import logging as hf_logging
 from attention_encodings import ModelLoadError, Settings, analyze, analyze_corpus, load_model
 from attention_encodings.corpus.engine import plan
 from attention_encodings.corpus.sources import read_source
-from attention_encodings.analysis import reference_for
+from attention_encodings.analysis import analyze_with, reference_for
+from attention_encodings.attribution import blocks_of, head_ablation_ranks
 from attention_encodings.metrics import padded_rows, scan
 from attention_encodings.models import LoadedModel, adapter_for, bundled_model_dir, resolve_device, set_threads
 from attention_encodings.names import DEFAULT_BATCH_TOKENS
@@ -664,6 +666,34 @@ def head_lens_cost(shape: Shape, figures: list[Figure], device: str) -> None:
         figures.append(Figure(f"{case}: with / without", model, seconds["head"] / seconds["none"], "×"))
 
 
+def attribution_cost(models: list[LoadedModel], figures: list[Figure], repeats: int) -> None:
+    """Case 10: what attribution adds at the seed sentence, in interleaved rounds: the analysis without it (the
+    off path registers no hook and switches nothing), with it, and the ablation ranks alone (every head removed
+    for every token and layer, one scan); the parts, shares, attention and sources are `with` − `ablation`."""
+    for handle in models:
+        settings = Settings(model=handle.name)
+        on = settings.replace(attribution=True)
+        encoding = encode(handle, SEED)
+        blocks = blocks_of(handle, trace(handle, encoding, heads=True))
+        offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+        rows = torch.arange(len(encoding), device=handle.device)
+        space = reference_for(handle, settings.reference)
+        runs = {
+            "off": partial(analyze_with, settings, SEED, handle),
+            "on": partial(analyze_with, on, SEED, handle),
+            "ablation": partial(head_ablation_ranks, handle, blocks, settings.tap, rows, space, None, encoding.input_ids, offsets),
+        }
+        seconds = timed_together(runs, repeats, handle.device)
+        model, case = label(handle).split(",")[0], f"10. attribution, seed sentence ({len(encoding)} tokens)"
+        vectors = handle.num_layers * blocks.heads.shape[1] * len(encoding)
+        figures.append(Figure(f"{case}: analysis, attribution off", model, seconds["off"] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: analysis, attribution on", model, seconds["on"] * 1e3, "ms"))
+        figures.append(Figure(f"{case}: ablation ranks alone", model, seconds["ablation"], "s", f"{vectors:,} vectors, one scan"))
+        parts = (seconds["on"] - seconds["ablation"]) / seconds["off"]
+        detail = "(on − ablation) / off: trace with heads, parts, shares, attention, sources"
+        figures.append(Figure(f"{case}: parts, shares and sources / plain analysis", model, parts, "×", detail))
+
+
 def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`), side by
     side with the minimal script (alternating runs, so both see the same machine); and `--help`."""
@@ -706,6 +736,16 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
         speedup = found.get((f"2. long input ({tokens} tokens), {reference}: speed-up over naive", shape.name))
         if speedup is not None:
             checks.append((f"speed-up over the naive loop, {reference}", speedup, "≥ 10", speedup >= 10))
+    for model, limit in ((shape.name, 3.0), ("all-MiniLM-L6-v2", 1.0)):
+        tokens = next((f.case for f in figures if f.case.startswith("10. ") and f.model == model), None)
+        if tokens is None:
+            continue
+        case = tokens.split(":")[0]
+        seconds = found[(f"{case}: ablation ranks alone", model)]
+        checks.append((f"ablation ranks of every head and token, {model}, s", seconds, f"≤ {limit}", seconds <= limit))
+        if model == shape.name:
+            ratio = found[(f"{case}: parts, shares and sources / plain analysis", model)]
+            checks.append((f"attribution (without ablation) / plain analysis, {model}", ratio, "≤ 1.5", ratio <= 1.5))
     cold = found.get(("4. cold analyze / minimal script", "all-MiniLM-L6-v2"))
     if cold is not None:
         checks.append(("cold analyze / minimal script, bundled model", cold, "≤ 1.15", cold <= 1.15))
@@ -751,8 +791,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument(
         "--only",
-        choices=("corpus", "head", "baselines", "soak"),
-        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10)",
+        choices=("corpus", "head", "baselines", "soak", "attribution"),
+        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10; attribution: 11)",
     )
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
@@ -791,6 +831,8 @@ def main() -> None:
         baselines_cost(handle, shape, figures)
     if args.only == "soak" or args.only is None and shape.bundled:  # (the smoke run serves no bundled model)
         soak_case(shape, figures)
+    if args.only in (None, "attribution"):
+        attribution_cost(models, figures, shape.repeats)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

@@ -278,3 +278,126 @@ def plain_lens_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray
     b = np.vstack([yc - xc, np.zeros((d, d))])
     w = np.linalg.lstsq(a, b, rcond=None)[0]
     return w.T, my - mx - mx @ w
+
+
+BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+LLAMA_LIKE = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class PlainAttention:
+    weights: torch.Tensor
+    """(H, T, T) softmax(QKᵀ / √d_head), masked causally for a decoder."""
+    values: torch.Tensor
+    """(H, T, d_head): each query head's values (its group's, for grouped-query attention), bias included."""
+    heads: torch.Tensor
+    """(H, T, d): c_h = z_h W_O^h, with z_h = A_h V_h, head by head."""
+    sources: torch.Tensor
+    """(H, T, T, d): c_{h,p←q} = A_h[p, q] v_{h,q} W_O^h, source by source."""
+
+
+def _linear(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """x times an nn.Linear's weight (out, in) or a GPT-2 Conv1D's (in, out), plus its bias."""
+    weight = module.weight.detach()
+    out = x @ (weight.T if isinstance(module, torch.nn.Linear) else weight)
+    return out if getattr(module, "bias", None) is None else out + module.bias.detach()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def plain_attention(handle: LoadedModel, block_input: torch.Tensor, layer: int) -> PlainAttention:
+    """Block `layer`'s attention (0-based) on its input (T, d), from its weights by hand: the queries, keys and
+    values, softmax(QKᵀ / √d_head) (rotary positions and a causal mask where the family has them), A·V head by head,
+    then each head's slice of the output projection."""
+    model = handle.model.base_model
+    config = handle.model.config
+    kind = config.model_type
+    heads = config.num_attention_heads
+    x = block_input.float()
+    tokens = x.shape[0]
+    causal = False
+    if kind in BERT_LIKE:
+        attention = model.encoder.layer[layer].attention
+        q, k, v = (_linear(x, getattr(attention.self, name)) for name in ("query", "key", "value"))
+        out = attention.output.dense
+    elif kind == "distilbert":
+        attention = model.transformer.layer[layer].attention
+        q, k, v = (_linear(x, getattr(attention, name)) for name in ("q_lin", "k_lin", "v_lin"))
+        out = attention.out_lin
+    elif kind == "gpt2":
+        block = model.h[layer]
+        normed = F.layer_norm(x, (x.shape[-1],), block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps)
+        q, k, v = _linear(normed, block.attn.c_attn).split(x.shape[-1], dim=-1)
+        out, causal = block.attn.c_proj, True
+    elif kind in LLAMA_LIKE:
+        block = model.layers[layer]
+        norm = block.input_layernorm
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight.detach()
+        q, k, v = (_linear(normed, getattr(block.self_attn, name)) for name in ("q_proj", "k_proj", "v_proj"))
+        out, causal = block.self_attn.o_proj, True
+    else:
+        raise ValueError(kind)
+    d_head = q.shape[-1] // heads
+    q, k, v = (t.view(tokens, -1, d_head).transpose(0, 1) for t in (q, k, v))  # (heads or kv heads, T, d_head)
+    group = heads // k.shape[0]
+    k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
+    if kind in LLAMA_LIKE:
+        rotary = model.rotary_emb
+        freqs = torch.arange(tokens, dtype=torch.float)[:, None] * rotary.inv_freq.float()[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos() * rotary.attention_scaling, angles.sin() * rotary.attention_scaling
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    scores = q @ k.transpose(-1, -2) / d_head**0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(tokens, tokens, dtype=torch.bool).triu(1), float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    weight = out.weight.detach()
+    matrix = weight.T if isinstance(out, torch.nn.Linear) else weight  # (H·d_head, d)
+    head_vectors, sources = [], []
+    for h in range(heads):
+        w_h = matrix[h * d_head : (h + 1) * d_head]
+        head_vectors.append((weights[h] @ v[h]) @ w_h)
+        sources.append(weights[h][:, :, None] * (v[h] @ w_h)[None, :, :])
+    return PlainAttention(weights, v, torch.stack(head_vectors), torch.stack(sources))
+
+
+def out_projection(handle: LoadedModel, layer: int) -> torch.nn.Module:
+    """Block `layer`'s attention output projection, by its name in each family."""
+    model = handle.model.base_model
+    kind = handle.model.config.model_type
+    if kind in BERT_LIKE:
+        return model.encoder.layer[layer].attention.output.dense
+    if kind == "distilbert":
+        return model.transformer.layer[layer].attention.out_lin
+    if kind == "gpt2":
+        return model.h[layer].attn.c_proj
+    return model.layers[layer].self_attn.o_proj
+
+
+def zeroed_tap(handle: LoadedModel, encoding: Encoding, layer: int, head: int, tap: str) -> torch.Tensor:
+    """The real model re-run with head `head` of block `layer` (0-based) zeroed (a pre-hook on the output
+    projection sets its slice of z to 0): the tap at that block, (T, d)."""
+    projection = out_projection(handle, layer)
+    heads = handle.model.config.num_attention_heads
+
+    def zero(module: torch.nn.Module, args: tuple) -> tuple:
+        z = args[0].clone()
+        d_head = z.shape[-1] // heads
+        z[..., head * d_head : (head + 1) * d_head] = 0
+        return (z, *args[1:])
+
+    hook = projection.register_forward_pre_hook(zero)
+    try:
+        return trace(handle, encoding, taps=(tap,)).states(tap)[layer + 1]
+    finally:
+        hook.remove()
+
+
+def plain_rank(vector: torch.Tensor, unit_rows: torch.Tensor, own: int) -> tuple[int, int]:
+    """The rank of item `own` by cosine of `vector` to every row (V, d, each of unit length), and how many items
+    tie it within TIE."""
+    cos = unit_rows @ (vector.float() / vector.float().norm())
+    return int((cos > cos[own]).sum()), ties_near(cos, float(cos[own])) - 1

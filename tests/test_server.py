@@ -37,7 +37,7 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
     assert info["defaults"] == {
         "tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False,
-        "normalize": "none", "stats": None, "lens": None
+        "attribution": False, "normalize": "none", "stats": None, "lens": None
     }
     assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == [] and info["lenses"] == []
     assert [m["name"] for m in info["measures"]] == [
@@ -202,7 +202,7 @@ def test_page_vega_and_docs_need_no_cdn(client):
     schema = client.get("/openapi.json").json()
     assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
-    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "normalize", "stats"}
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "attribution", "normalize", "stats"}
 
 
 def test_models_are_loaded_once_and_shared(bundled):

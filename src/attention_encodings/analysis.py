@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .attribution import Attribution, attribute
 from .catalog import HEAD_MEASURES, LENS_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
 from .errors import InputError, MeasureUnavailableError
 from .metrics import (
@@ -40,7 +41,7 @@ from .metrics import (
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
 from .stats import load_stats
-from .trace import DEFAULT_TAP, Encoding, encode, trace
+from .trace import DEFAULT_TAP, Encoding, Trace, encode, trace
 from .tuned_lens import LearnedLens, check_lens, lens_values, read_lens
 
 if TYPE_CHECKING:  # pandas loads with the first table asked for, not with every analysis
@@ -241,6 +242,8 @@ class Analysis:
     """(N+1, T, n) readable text of each predicted id."""
     absent: dict[str, str] = field(default_factory=dict)
     """Measures this model cannot give, each with the reason (head_rank where there is no output head)."""
+    attribution: Attribution | None = None
+    """Which heads moved each token (`attribution=True`); None otherwise."""
 
     def __getattr__(self, name: str) -> Trajectory | np.ndarray:
         """A measure by name: `result.cosine`, `result.rank`, `result.zscore`, `result.head_rank`… (a `Trajectory`),
@@ -337,6 +340,7 @@ class Analysis:
                 for name in ("prediction_ids", "prediction_probabilities", "prediction_texts")
             },
             head_targets=None if self.head_targets is None else self.head_targets[keep],
+            attribution=None if self.attribution is None else self.attribution.select(index),
         )
 
     def pair(self, first: int | str, second: int | str) -> Pair:
@@ -409,6 +413,8 @@ class Analysis:
         ([layer][token][every token of the text]), and, where the model has an output head, its predictions."""
         layers, tokens, _ = self.neighbour_ids.shape
         extra = {} if self.similarity is None else {"similarity": self.similarity.values.tolist()}
+        if self.attribution is not None:
+            extra["attribution"] = self.attribution.to_dict()
         if self.has_head:
             extra["predictions"] = [
                 [[p.__dict__ for p in self.predictions(layer, token)] for token in range(tokens)] for layer in range(layers)
@@ -523,6 +529,7 @@ def analyze(
     *,
     truncate: bool = False,
     similarity: bool = False,
+    attribution: bool = False,
     progress: Progress | None = None,
     device: str | None = None,
     dtype: str | None = None,
@@ -536,6 +543,7 @@ def analyze(
     default (roberta-base if it can be loaded, else the bundled all-MiniLM-L6-v2). `device` (cpu, cuda,
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
     `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
+    `attribution=True` also splits every layer into heads, MLP and residual (`Analysis.attribution`).
     `normalize` (center, standardize) normalises the tapped vectors and reference rows with `stats`: a
     `stats.npz` path, `"sample"`, or `Stats` already in memory. `lens` (a folder `fit-lens` wrote, or a
     `LearnedLens`) adds its measures: tuned_rank and tuned_kl, or probe_cosine and probe_rank.
@@ -543,7 +551,7 @@ def analyze(
     """
     settings, handle = settings_for(
         model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate,
-        similarity=similarity, device=device, dtype=dtype, normalize=normalize,
+        similarity=similarity, attribution=attribution, device=device, dtype=dtype, normalize=normalize,
         stats=stats.source if isinstance(stats, Stats) else (None if stats is None else os.fspath(stats)),
         lens=lens.source if isinstance(lens, LearnedLens) else (None if lens is None else os.fspath(lens)),
     )
@@ -588,6 +596,10 @@ class Measured:
     """(N+1, ΣT, n) the head's most probable ids, most probable first; None without a head."""
     prediction_probabilities: torch.Tensor | None = None
     """(N+1, ΣT, n)."""
+    trace: Trace | None = None
+    """The trace, with what attribution reads inside the blocks, when `settings.attribution` asks for it."""
+    normalization: Normalization | None = None
+    """The normalisation the measures used, if any."""
 
     def tokens_of(self, item: int) -> slice:
         """Where encoding `item`'s tokens sit along the packed axis."""
@@ -634,7 +646,7 @@ def measure_texts(
     learned = lens if lens is not None or settings.lens is None else read_lens(settings.lens)
     lens = head_lens_for(handle)
     final_tap = "resid_post" if learned is not None and learned.target == "final" else settings.tap
-    traced = trace(handle, encodings, taps=tuple(dict.fromkeys((settings.tap, final_tap))))
+    traced = trace(handle, encodings, taps=tuple(dict.fromkeys((settings.tap, final_tap))), heads=settings.attribution)
     tapped = traced.packed(settings.tap)
     normalized = normalization_for(handle, settings, tapped.shape[0], tapped.shape[-1], stats)
     states = tapped if normalized is None else normalized.states(tapped)
@@ -683,6 +695,8 @@ def measure_texts(
         states=tapped,
         similarity=similarity,
         **{name: tensor.cpu() for name, tensor in head.items()},
+        trace=traced if settings.attribution else None,
+        normalization=normalized,
     )
 
 
@@ -694,10 +708,12 @@ def analyze_with(
     progress: Progress | None = None,
     stats: Stats | None = None,
     lens: LearnedLens | None = None,
+    focus: int | str | None = None,
 ) -> Analysis:
     """`analyze()` driven by a `Settings`, as every face calls it; `model` overrides `settings.model` with a
     handle that is already loaded, `stats` the statistics `settings.stats` names with ones in memory, and `lens`
-    the learned lens `settings.lens` names with one in memory (either is checked to fit before any work)."""
+    the learned lens `settings.lens` names with one in memory (either is checked to fit before any work).
+    `focus` names the token whose attribution detail a long text gets (see `attribution.DETAIL_TOKENS`)."""
     handle = load_for(settings, model)
     learned = lens_for(handle, settings, lens)
     encoding = encode(handle, text, truncate=settings.truncate)
@@ -720,6 +736,13 @@ def analyze_with(
         }
     absent = {} if head else {name: missing_head(handle) for name in HEAD_MEASURES}
     absent |= {name: missing_lens(learned) for names in LENS_MEASURES.values() for name in names if name not in measured.values}
+    attributed = None
+    if measured.trace is not None:
+        attributed = attribute(
+            handle, measured.trace, settings.tap, reference_for(handle, settings.reference, measured.normalization),
+            measured.normalization, tokens, measured.values["cosine"].numpy(), measured.values["rank"].numpy(),
+            focus=None if focus is None else [token_index(tokens, focus)],
+        )
     return Analysis(
         model=handle.name,
         model_label=handle.label,
@@ -738,6 +761,7 @@ def analyze_with(
         similarity=None if measured.similarity is None else Similarity(tokens, tokens, measured.similarity[0].numpy()),
         text=text,
         absent=absent,
+        attribution=attributed,
         **head,
     )
 

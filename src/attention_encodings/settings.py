@@ -71,6 +71,11 @@ class Settings:
     similarity: bool = _option(
         False, "Also measure every token's cosine to every other token at each layer ((N+1)×T×T, so off by default)."
     )
+    attribution: bool = _option(
+        False,
+        "Also split every layer's vector exactly into the residual, each attention head, the MLP and the norms' "
+        "biases, as shares of the cosine, with where each head looked and the rank with each head removed.",
+    )
     normalize: str = _option(
         "none",
         "Normalise the tapped vectors and the reference rows with corpus statistics before measuring (center: "

@@ -7,18 +7,19 @@ block l = 1..N there are three taps. Several texts trace in one padded batch wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import InputError, OptionError
-from .models import LoadedModel
+from .errors import InputError, OptionError, UnsupportedArchitectureError
+from .models import Adapter, LoadedModel, get_module
 from .names import DEFAULT_TAP, TAPS
 
-__all__ = ["DEFAULT_TAP", "TAPS", "Encoding", "Trace", "check_tap", "encode", "trace"]
+__all__ = ["DEFAULT_TAP", "TAPS", "Encoding", "HeadCapture", "Trace", "check_tap", "encode", "trace"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,34 @@ class Encoding:
 
 
 @dataclass(frozen=True)
+class HeadCapture:
+    """What attribution reads inside every block of one forward pass, (B, N, ...) like the taps (B texts, N
+    blocks, T the longest text; padding after each text's end)."""
+
+    z: Tensor
+    """(B, N, T, H·d_head): the attention output projection's input, every query head's output, head-major."""
+    weights: Tensor
+    """(B, N, H, T, T): the post-softmax attention weights the model used, [query][key]."""
+    values: Tensor
+    """(B, N, T, H_kv·d_head): the value projection's output, bias included."""
+    mlp: Tensor
+    """(B, N, T, d): the MLP's output."""
+    out_norm_input: Tensor | None
+    """(B, N, T, d): post-norm blocks' last norm's input (mid norm output + MLP output); None for pre-norm."""
+
+    def item(self, item: int, length: int) -> HeadCapture:
+        """One encoding's capture, (N, ...), without padding."""
+        t = length
+        return HeadCapture(
+            z=self.z[item, :, :t],
+            weights=self.weights[item, :, :, :t, :t],
+            values=self.values[item, :, :t],
+            mlp=self.mlp[item, :, :t],
+            out_norm_input=None if self.out_norm_input is None else self.out_norm_input[item, :, :t],
+        )
+
+
+@dataclass(frozen=True)
 class Trace:
     """The captured taps of one forward pass over one or more encodings.
 
@@ -46,6 +75,8 @@ class Trace:
 
     encodings: tuple[Encoding, ...]
     taps: dict[str, Tensor]
+    heads: HeadCapture | None = None
+    """What attribution reads inside the blocks, when asked for (`trace(..., heads=True)`)."""
 
     def states(self, tap: str, item: int = 0) -> Tensor:
         """The (N+1, T_item, d) states of one tap for one encoding, without padding."""
@@ -129,13 +160,17 @@ def length_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return batches + [group] if group else batches
 
 
-def trace(handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: Sequence[str] = TAPS) -> Trace:
+def trace(
+    handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: Sequence[str] = TAPS, *, heads: bool = False
+) -> Trace:
     """Run one forward pass over `encodings` (one, or several padded into a batch with an attention mask) and
-    capture layer 0 and, per block, the `taps` asked for (default: all three)."""
+    capture layer 0 and, per block, the `taps` asked for (default: all three). With `heads`, every tap and
+    what attribution reads inside each block (`HeadCapture`); the attention then runs in the model's eager
+    implementation, the one that returns its weights, for this pass only."""
     batch = (encodings,) if isinstance(encodings, Encoding) else tuple(encodings)
     if not batch:
         raise InputError("nothing to trace: no encodings were given")
-    wanted = tuple(dict.fromkeys(check_tap(tap) for tap in taps))
+    wanted = TAPS if heads else tuple(dict.fromkeys(check_tap(tap) for tap in taps))
     adapter = handle.adapter
     blocks = adapter.blocks(handle.model)
     captured: dict[str, list[Tensor | None]] = {tap: [None] * len(blocks) for tap in wanted}
@@ -163,6 +198,7 @@ def trace(handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: S
     inputs = adapter.forward_inputs(
         _pad([e.input_ids for e in batch], pad), _pad([e.position_ids for e in batch], pad), types, mask
     )
+    inside: dict[str, list[Tensor | None]] = {}
     with handle.lock:
         handles = [blocks[0].register_forward_pre_hook(keep_embedding, with_kwargs=True)]
         for layer, block in enumerate(blocks):
@@ -173,11 +209,66 @@ def trace(handle: LoadedModel, encodings: Encoding | Sequence[Encoding], taps: S
                 handles.append(norm.register_forward_hook(keep("attn_ln", layer)))
             if "resid_post" in wanted:
                 handles.append(block.register_forward_hook(keep("resid_post", layer)))
+        if heads:
+            inside = {name: [None] * len(blocks) for name in ("z", "weights", "values", "mlp", "out_norm_input")}
+            handles += _head_hooks(adapter, blocks, inside)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), _eager(handle) if heads else nullcontext():
                 adapter.base(handle.model)(**inputs)
         finally:
             for hook_handle in handles:
                 hook_handle.remove()
     layer0 = embedded[0]
-    return Trace(batch, {tap: torch.stack([layer0, *captured[tap]], dim=1) for tap in wanted})
+    captured_heads = None
+    if heads:
+        if any(w is None for w in inside["weights"]):
+            raise UnsupportedArchitectureError(
+                f"{adapter.family} model did not return its attention weights, so attribution cannot split it into heads"
+            )
+        stacked = {name: torch.stack(rows, dim=1) if rows[0] is not None else None for name, rows in inside.items()}
+        captured_heads = HeadCapture(**stacked)
+    return Trace(batch, {tap: torch.stack([layer0, *captured[tap]], dim=1) for tap in wanted}, captured_heads)
+
+
+def _head_hooks(adapter: Adapter, blocks: Sequence[nn.Module], inside: dict[str, list[Tensor | None]]) -> list[Any]:
+    """Hooks that keep, per block, what `HeadCapture` holds, into `inside`."""
+    paths = adapter.head_paths_or_raise()
+    chunk, chunks = paths.value_chunk
+
+    def keep(name: str, layer: int, pre: bool = False):
+        def hook(module: nn.Module, args: tuple, output: Any = None) -> None:
+            if pre:
+                inside[name][layer] = args[0]
+            elif name == "weights":
+                inside[name][layer] = output[1]
+            elif name == "values":
+                inside[name][layer] = output.chunk(chunks, dim=-1)[chunk]
+            else:
+                inside[name][layer] = _first(output)
+
+        return hook
+
+    handles = []
+    for layer, block in enumerate(blocks):
+        handles.append(get_module(block, paths.out_projection).register_forward_pre_hook(keep("z", layer, pre=True)))
+        handles.append(get_module(block, paths.attention).register_forward_hook(keep("weights", layer)))
+        handles.append(get_module(block, paths.value).register_forward_hook(keep("values", layer)))
+        handles.append(get_module(block, paths.mlp[-1]).register_forward_hook(keep("mlp", layer)))
+        if paths.out_norm is not None:
+            norm = get_module(block, paths.out_norm)
+            handles.append(norm.register_forward_pre_hook(keep("out_norm_input", layer, pre=True)))
+    return handles
+
+
+@contextmanager
+def _eager(handle: LoadedModel) -> Iterator[None]:
+    """The model's attention switched to its eager implementation (which returns the weights) for one pass."""
+    model = handle.model
+    before = model.config._attn_implementation
+    if before != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if before != "eager":
+            model.set_attn_implementation(before)

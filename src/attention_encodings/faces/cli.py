@@ -262,9 +262,9 @@ def model_line(handle: LoadedModel, threads: int) -> str:
     return f"model: {handle.label} ({handle.reason}) on {placement}{notes}"
 
 
-def run_analysis(source: str, settings: Settings) -> Analysis:
+def run_analysis(source: str, settings: Settings, focus: str | None = None) -> Analysis:
     """Load the model (saying which, why and where on stderr, and what to know about it) and analyse `source`,
-    with a progress bar."""
+    with a progress bar; `focus` is the token a long text's attribution detail is for."""
     from ..analysis import analyze_with, load_for
     from ..models import set_threads
 
@@ -278,9 +278,11 @@ def run_analysis(source: str, settings: Settings) -> Analysis:
         with progress_bar("sample statistics (once per model and tap)") as progress:
             stats = sample_stats(handle, settings.tap, progress=progress)
     with progress_bar("measuring") as progress:
-        result = analyze_with(settings, source, handle, progress=progress, stats=stats)
+        result = analyze_with(settings, source, handle, progress=progress, stats=stats, focus=focus)
     if result.dropped:
         typer.echo(f"note: truncated to {len(result.tokens)} tokens, dropping the last {result.dropped}", err=True)
+    if result.attribution is not None and result.attribution.note:
+        typer.echo(f"note: {result.attribution.note}", err=True)
     return result
 
 
@@ -310,13 +312,14 @@ def analyze_command(
         check_csv(settings)
     if output_format == "table" and settings.similarity and token is None:
         raise OptionError("a table shows the similarity of one token (--token) to every other; --format json writes all of it")
-    result = run_analysis(read_text(text), settings)
+    result = run_analysis(read_text(text), settings, focus=token)
     if token is not None:
         result = result.select(pick_token(result, token))
     if output_format == "json":
         write_output(result.to_json() + "\n", out)
     elif output_format == "csv":
-        write_output(result.to_frame().to_csv(index=False), out)
+        frame = result.to_frame() if result.attribution is None else result.attribution.to_frame()
+        write_output(frame.to_csv(index=False), out)
     else:
         tables = [token_table(result)] if token is not None else overview_tables(result)
         render_tables(tables + ([similarity_table(result)] if settings.similarity else []), out)
@@ -331,7 +334,7 @@ def parse_pair(value: str) -> tuple[str, str]:
 
 
 @app.command("plot")
-@with_settings(repeatable=("model", "tap", "reference"), skip=("similarity",))
+@with_settings(repeatable=("model", "tap", "reference"), skip=("similarity", "attribution"))
 def plot_command(
     text: TextArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help=f"The figure file: {', '.join(FIGURE_FILE_TYPES)}.")],
@@ -425,7 +428,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 
 
 @app.command("corpus")
-@with_settings(neighbours=0, skip=("similarity",))
+@with_settings(neighbours=0, skip=("similarity", "attribution"))
 def corpus_command(
     source: InputArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="The output folder (created; rerun the same command to resume).")],
@@ -566,6 +569,10 @@ def cuda_summary() -> str:
 from .lens import register as register_lens  # noqa: E402  (fit-lens: its own module, which reads the options above)
 
 register_lens(app)
+
+from .attribute import attribute_command  # noqa: E402  (it builds on the helpers above)
+
+app.command("attribute")(with_settings(skip=("attribution", "similarity"))(attribute_command))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -143,7 +143,10 @@ CONTRACT = (
     + ", ".join(f"{m.name} ({'[l][token], layers l to l+1' if m.steps else '[layer][token]'})" for m in MEASURES.values())
     + ", "
     + ", ".join(f"{m.name} ([layer], of the whole text)" for m in TEXT_MEASURES.values())
-    + ", neighbours ([layer][token], nearest first), when `similarity` is true, similarity ([layer][token][token]) "
+    + ", neighbours ([layer][token], nearest first), when `similarity` is true, similarity ([layer][token][token]), "
+    "when `attribution` is true, attribution (components, layers, shares [layer][component][token], heads and, for "
+    "texts of up to 64 tokens, attention, source_shares, source_norms [layer][head][token][source] and "
+    "ablation_rank [layer][head][token]; else a note) "
     f"and, where the model has an output head, its predictions ({', '.join(HEAD_MEASURES)} is absent without one "
     "and null where a token has no target). GET /api/models describes each measure."
 )
@@ -318,7 +321,9 @@ def create_app(
         """The same analysis as a tidy CSV table, as `--format csv` writes it: a row per (token, layer)."""
         check_csv(settings_for(request)[1])
         headers = {"Content-Disposition": 'attachment; filename="attention-encodings.csv"'}
-        return Response(run(request)[1].to_frame().to_csv(index=False), media_type="text/csv", headers=headers)
+        result = run(request)[1]
+        frame = result.to_frame() if result.attribution is None else result.attribution.to_frame()
+        return Response(frame.to_csv(index=False), media_type="text/csv", headers=headers)
 
     @app.post("/api/charts")
     def chart_specs(request: AnalyzeRequest) -> dict[str, Any]:

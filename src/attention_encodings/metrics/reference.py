@@ -44,6 +44,11 @@ class ReferenceSpace(Lens):
     """A lens whose scores are the cosines of hidden vectors to every vocabulary item's reference encoding in
     each token's slot."""
 
+    def unit_rows(self, ids: Tensor, offsets: Tensor) -> Tensor:
+        """(t, h) float32: the reference encodings R_p[ids[p]] of items `ids` (t,) in the slots `offsets` (t, e),
+        scaled to unit length (the direction each token's cosine is taken against)."""
+        raise NotImplementedError
+
 
 class WordReference(ReferenceSpace):
     """`R[v] = E[v]`: the raw word embeddings, with no position or LayerNorm (normalised: (E[v] − shift) · gain)."""
@@ -64,6 +69,9 @@ class WordReference(ReferenceSpace):
                 word = word * normalization.row_gain
         self.unit_t = (word / word.norm(dim=-1, keepdim=True).clamp_min(_TINY)).T.contiguous()
         """(h, V): unit rows, transposed so that x @ Eᵀ is a plain NN product (faster for unaligned rows)."""
+
+    def unit_rows(self, ids: Tensor, offsets: Tensor) -> Tensor:
+        return self.unit_t[:, ids].T
 
     def scores(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, h = states.shape
@@ -117,6 +125,14 @@ class EmbeddingReference(ReferenceSpace):
         """(e, V): the centred E (E itself without a LayerNorm), transposed so that x @ Eᵀ is a plain NN product
         (faster for unaligned rows)."""
         self.bias_sq = self.bias @ self.bias
+
+    def unit_rows(self, ids: Tensor, offsets: Tensor) -> Tensor:
+        slotted = self.centred_t[:, ids].T + offsets.float()  # E[v] (centred) + c: centring again leaves E's share
+        if self.layer_norm:
+            slotted = slotted - slotted.mean(dim=-1, keepdim=True)
+            slotted = slotted * (slotted.pow(2).mean(dim=-1, keepdim=True) + self.eps).rsqrt()
+        rows = (slotted * self.gamma if self.matrix is None else slotted @ self.matrix.T) + self.bias
+        return rows / rows.norm(dim=-1, keepdim=True).clamp_min(_TINY)
 
     def _transpose_map(self, x: Tensor) -> Tensor:
         """Aᵀx, for x of width h (last dimension)."""

@@ -45,11 +45,41 @@ class EmbeddingParts:
     """Whether the embedding adds position or token-type vectors, so that a token's slot changes its encoding."""
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """The submodule of `root` at a dotted `path`."""
     module = root
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
+
+@dataclass(frozen=True)
+class HeadPaths:
+    """Where a block keeps what attribution reads, as paths from the block."""
+
+    attention: str
+    """The attention module whose output is (result, weights): its weights are the post-softmax probabilities
+    under the eager implementation."""
+    out_projection: str
+    """The attention output projection; its input is every head's `z`, head-major."""
+    value: str
+    """The value projection (its output, bias included, is every key/value head's values)."""
+    mlp: tuple[str, ...]
+    """The modules that map the mid norm's output to the MLP's output, in order; the last one's output is it."""
+    out_norm: str | None = None
+    """Post-norm blocks: the norm over (mid norm output + MLP output), whose output is the block's."""
+    value_chunk: tuple[int, int] = (0, 1)
+    """(i, n): the values are the i-th of n equal chunks of the value module's output (GPT-2's fused `c_attn`)."""
+
+
+@dataclass(frozen=True)
+class NormParts:
+    """A LayerNorm or RMSNorm's parameters: `γ ⊙ (x − centre) / √(var + ε) + β` (RMSNorm: no centring, no β)."""
+
+    weight: Tensor
+    bias: Tensor | None
+    eps: float
+    centred: bool
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,8 @@ class Adapter:
     """A linear map after the embedding norm (ELECTRA's `embeddings_project`), or None."""
     final_norm_path: str | None = None
     """The norm after the last block (GPT-2's `ln_f`, Llama's `norm`); `hidden_states[-1]` already carries it."""
+    heads: HeadPaths | None = None
+    """Where a block keeps its attention heads and MLP, for attribution (`HeadPaths`)."""
 
     def base(self, model: PreTrainedModel) -> nn.Module:
         """The model without its head, where every path but `head_paths` starts."""
@@ -94,21 +126,64 @@ class Adapter:
 
     def blocks(self, model: PreTrainedModel) -> list[nn.Module]:
         """The blocks, in order; block l produces layer l + 1."""
-        return list(_get(self.base(model), self.blocks_path))
+        return list(get_module(self.base(model), self.blocks_path))
 
     def mid_norm(self, block: nn.Module) -> nn.Module:
         """The norm whose input is the `resid_mid` tap and whose output is the `attn_ln` tap."""
-        return _get(block, self.mid_norm_path)
+        return get_module(block, self.mid_norm_path)
+
+    def head_paths_or_raise(self) -> HeadPaths:
+        """Where this family keeps its heads, or a one-line `UnsupportedArchitectureError`."""
+        if self.heads is None:
+            raise UnsupportedArchitectureError(f"attribution to attention heads is not supported for {self.family} models")
+        return self.heads
+
+    def out_projection(self, block: nn.Module, heads: int) -> tuple[Tensor, Tensor | None]:
+        """W_O per head, (H, d_head, d) such that head h's vector is `z_h @ W[h]`, and its bias b_O (or None):
+        an `nn.Linear`'s weight is (out, in), so its columns; GPT-2's `Conv1D` is (in, out), so its rows."""
+        module = get_module(block, self.head_paths_or_raise().out_projection)
+        weight = module.weight.detach()
+        matrix = weight.T if isinstance(module, nn.Linear) else weight
+        bias = getattr(module, "bias", None)
+        return matrix.reshape(heads, -1, matrix.shape[-1]), None if bias is None else bias.detach()
+
+    def mlp(self, block: nn.Module) -> Callable[[Tensor], Tensor]:
+        """The block's MLP as a function of the mid norm's output."""
+        modules = [get_module(block, path) for path in self.head_paths_or_raise().mlp]
+
+        def apply(hidden: Tensor) -> Tensor:
+            for module in modules:
+                hidden = module(hidden)
+            return hidden
+
+        return apply
+
+    def out_norm(self, block: nn.Module) -> nn.Module | None:
+        """The norm a post-norm block applies last, or None (pre-norm)."""
+        path = self.head_paths_or_raise().out_norm
+        return None if path is None else get_module(block, path)
+
+    def after_attention(self, block: nn.Module, mid: Tensor, tap: str) -> Tensor:
+        """The block's `tap` recomputed from a changed `resid_mid` vector (attention output + residual), with
+        the block's own modules: its norms (σ recomputed) and, where the tap follows it, its MLP."""
+        if tap == "resid_mid":
+            return mid
+        normed = self.mid_norm(block)(mid)
+        if tap == "attn_ln":
+            return normed
+        out = self.mlp(block)(normed)
+        last = self.out_norm(block)
+        return mid + out if last is None else last(normed + out)
 
     def final_norm(self, model: PreTrainedModel) -> nn.Module | None:
         """The norm after the last block, or None (post-norm encoders)."""
-        return None if self.final_norm_path is None else _get(self.base(model), self.final_norm_path)
+        return None if self.final_norm_path is None else get_module(self.base(model), self.final_norm_path)
 
     def _optional(self, model: PreTrainedModel, path: str | None) -> nn.Module | None:
         """The base model's module at `path`, or None where the role is absent (no path, or not in this model:
         ELECTRA has `embeddings_project` only when its embedding and hidden sizes differ)."""
         try:
-            return None if path is None else _get(self.base(model), path)
+            return None if path is None else get_module(self.base(model), path)
         except AttributeError:
             return None
 
@@ -122,7 +197,7 @@ class Adapter:
         projection = self._optional(model, self.projection_path)
         slotted = any(self._optional(model, path) is not None for path in (self.positions_path, self.token_types_path))
         return EmbeddingParts(
-            word=_get(self.base(model), self.word_path).weight.detach(),
+            word=get_module(self.base(model), self.word_path).weight.detach(),
             norm_weight=None if norm is None else norm.weight.detach(),
             norm_bias=None if norm is None else norm.bias.detach(),
             norm_eps=0.0 if norm is None else float(norm.eps),
@@ -146,7 +221,7 @@ class Adapter:
     def slot_offsets(self, model: PreTrainedModel, position_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
         """`P[pos] + T[type]` per token (T, e): what the embedding layer adds to a word vector in each slot;
         zeros where the family adds neither."""
-        word = _get(self.base(model), self.word_path).weight
+        word = get_module(self.base(model), self.word_path).weight
         offsets = torch.zeros(*position_ids.shape, word.shape[1], device=word.device, dtype=word.dtype)
         positions = self._optional(model, self.positions_path)
         types = self._optional(model, self.token_types_path)
@@ -183,7 +258,7 @@ class Adapter:
         (causal families), then the head modules; None where the loaded model has no head."""
         if model is self.base(model):
             return None
-        modules = [_get(model, path) for path in self.head_paths]
+        modules = [get_module(model, path) for path in self.head_paths]
         final = self.final_norm(model) if self.objective == "causal" else None
         steps = ([final] if final is not None else []) + modules
 
@@ -196,6 +271,26 @@ class Adapter:
         return logits
 
 
+def norm_parts(norm: nn.Module, family: str) -> NormParts:
+    """A block norm's parameters: `nn.LayerNorm`, or an RMSNorm (a `weight` and a `variance_epsilon` or `eps`, as
+    Llama's); anything else is a one-line `UnsupportedArchitectureError` naming the family."""
+    if isinstance(norm, nn.LayerNorm):
+        bias = None if norm.bias is None else norm.bias.detach()
+        return NormParts(norm.weight.detach(), bias, float(norm.eps), centred=True)
+    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))
+    if "RMSNorm" in type(norm).__name__ and eps is not None and getattr(norm, "weight", None) is not None:
+        return NormParts(norm.weight.detach(), None, float(eps), centred=False)
+    raise UnsupportedArchitectureError(f"{family} model has a norm of type {type(norm).__name__}, which attribution cannot split")
+
+
+_BERT_HEADS = HeadPaths(
+    attention="attention.self",
+    out_projection="attention.output.dense",
+    value="attention.self.value",
+    mlp=("intermediate", "output.dense"),
+    out_norm="output.LayerNorm",
+)
+
 _ENCODER = {
     "blocks_path": "encoder.layer",
     "mid_norm_path": "attention.output.LayerNorm",
@@ -206,6 +301,7 @@ _ENCODER = {
     "embedding_norm_path": "embeddings.LayerNorm",
     "objective": "masked",
     "head_architectures": ("ForMaskedLM",),
+    "heads": _BERT_HEADS,
 }
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -239,7 +335,13 @@ ADAPTERS: tuple[Adapter, ...] = (
         ("distilbert-base-uncased",),
         position_rule="absolute",
         head_paths=("vocab_transform", "activation", "vocab_layer_norm", "vocab_projector"),
-        **{**_ENCODER, "blocks_path": "transformer.layer", "mid_norm_path": "sa_layer_norm", "token_types_path": None},
+        **{
+            **_ENCODER,
+            "blocks_path": "transformer.layer",
+            "mid_norm_path": "sa_layer_norm",
+            "token_types_path": None,
+            "heads": HeadPaths("attention", "attention.out_lin", "attention.v_lin", ("ffn",), "output_layer_norm"),
+        },
     ),
     Adapter(
         "ELECTRA",
@@ -266,6 +368,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         head_paths=("lm_head",),
         head_architectures=("LMHeadModel", "ForCausalLM"),
         final_norm_path="ln_f",
+        heads=HeadPaths("attn", "attn.c_proj", "attn.c_attn", ("mlp",), value_chunk=(2, 3)),
     ),
     Adapter(
         "Llama (Llama, SmolLM2, Qwen2/3, Mistral)",
@@ -283,6 +386,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         head_paths=("lm_head",),
         head_architectures=("ForCausalLM",),
         final_norm_path="norm",
+        heads=HeadPaths("self_attn", "self_attn.o_proj", "self_attn.v_proj", ("mlp",)),
     ),
 )
 
