@@ -13,7 +13,8 @@ from pypdf import PdfReader
 from attention_encodings import InputError, MeasureUnavailableError, analyze
 from attention_encodings.faces.cli import main
 from attention_encodings.views import FIGURES, charts, check_file_type, default_token, figure, save
-from attention_encodings.views.charts import neighbour_data, prediction_data, readable
+from attention_encodings.display import shown
+from attention_encodings.views.charts import neighbour_data, prediction_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -110,7 +111,7 @@ def test_saved_figures_are_valid_and_name_the_token(seed_result, tmp_path):
 
 
 def test_control_characters_are_escaped_for_svg_and_pdf(tiny_roberta, tmp_path):
-    assert [readable(t) for t in (" flies", "\x03", " ", "é")] == ["flies", "'\\x03'", "' '", "é"]
+    assert [shown(t) for t in (" flies", "\x03", " ", "é")] == ["␣flies", "\\x03", "␣", "é"]
     result = analyze(SEED, str(tiny_roberta), neighbours=40)
     assert any(not str(t).strip().isprintable() for t in result.neighbour_texts.ravel())  # byte-level pieces
     for suffix in (".svg", ".pdf"):  # vl-convert aborts the process on a control character in text
@@ -213,11 +214,11 @@ def test_the_predictions_table_outlines_the_target_and_places_it_when_outside(sm
         elif row.head_rank < n:
             assert outlined.row.tolist() == [str(ids.index(target) + 1)] and placed.empty
         else:
-            next_token = readable(result.tokens[token + 1].text)
+            next_token = shown(result.tokens[token + 1].text)
             assert outlined.empty and placed.text.item() == f"{next_token}  #{row.head_rank}"
     cell = listed[(listed.token_index == 1) & (listed.layer == 30) & (listed.row == "1")].iloc[0]
     top = result.predictions(30, 1)[0]
-    assert cell.text == f"{readable(top.text)}  {top.probability:.2f}" and cell.shade == pytest.approx(top.probability)
+    assert cell.text == f"{shown(top.text)}  {top.probability:.2f}" and cell.shade == pytest.approx(top.probability)
 
 
 def test_plot_the_head_rank_of_smollm2(smollm2, tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .catalog import HEAD_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
+from .display import brief, layer_span, listing, shown, typed
 from .errors import InputError, MeasureUnavailableError
 from .metrics import (
     DEFAULT_REFERENCE,
@@ -57,8 +58,8 @@ class Token:
 
     @property
     def shown(self) -> str:
-        """The text as messages print it: trimmed, or quoted when that leaves nothing."""
-        return self.text.strip() or repr(self.text)
+        """The text as tables, charts and messages show it (`␣flies`, see `display.shown`)."""
+        return shown(self.text)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Trajectory:
     def description(self) -> str:
         return self.info.description
 
+    def __repr__(self) -> str:
+        return brief("Trajectory", measure=self.name, layers=layer_span(self.layers), tokens=self.values.shape[1], dtype=self.values.dtype)
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.array(self.values, dtype=dtype, copy=copy)
 
@@ -130,9 +134,10 @@ class Trajectory:
 
 def token_matches(tokens: Sequence[Token], query: int | str) -> list[int]:
     """Indices of the `tokens` that `query` names: an index, else tokens whose text matches (exactly, then
-    ignoring surrounding space and case)."""
+    ignoring surrounding space and case); `␣` stands for a space, as tables show it."""
     if isinstance(query, int) or (isinstance(query, str) and query.strip().isdigit()):
         return [t.index for t in tokens if t.index == int(query)]
+    query = typed(query)
     for key in (lambda s: s, lambda s: s.strip(), lambda s: s.strip().casefold()):
         found = [t.index for t in tokens if key(t.text) == key(query)]
         if found:
@@ -160,6 +165,10 @@ class Similarity:
     columns: tuple[Token, ...]
     values: np.ndarray
     """(N+1, len(rows), len(columns)) float32."""
+
+    def __repr__(self) -> str:
+        rows, columns = (listing([t.text for t in tokens]) for tokens in (self.rows, self.columns))
+        return brief("Similarity", layers=layer_span(range(len(self.values))), rows=rows, columns=columns)
 
     def take(self, rows: slice) -> Similarity:
         """The same similarity for a slice of the rows."""
@@ -201,6 +210,10 @@ class Pair:
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.array(self.values, dtype=dtype, copy=copy)
+
+    def __repr__(self) -> str:
+        tokens = f"{self.first.index} {self.first.shown}, {self.second.index} {self.second.shown}"
+        return brief("Pair", tokens=tokens, layers=layer_span(self.layers))
 
 
 @dataclass(frozen=True)
@@ -258,6 +271,18 @@ class Analysis:
             return measures[name]
         why = (self.__dict__.get("absent") or {}).get(name) or f"it has {', '.join(measures)}"
         raise MeasureUnavailableError(f"this analysis has no {name!r} measure: {why}")
+
+    def __repr__(self) -> str:
+        return brief(
+            "Analysis",
+            model=self.model_label,
+            tap=self.tap,
+            reference=self.reference,
+            normalize=self.settings.normalize,
+            tokens=f"{len(self.tokens)} {listing([t.text for t in self.tokens])}",
+            layers=layer_span(self.layers),
+            measures=", ".join([*self.measures, *self.text_measures]),
+        )
 
     @property
     def has_head(self) -> bool:

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..catalog import SIMILARITY, baselines, charted
+from ..display import shown
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
 from ..names import (
     BUNDLED_ALIAS,
@@ -77,8 +78,16 @@ def progress_bar(label: str) -> Iterator[object]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-TOKEN_TABLE_WIDTH = 100
-"""The `--token` table fits this many columns (its list of nearest items is cut to fit, with …)."""
+PLAIN_WIDTH = 100
+"""The width the `--token` table fits in a pipe or a file; on a terminal it fits the terminal's (its lists of
+nearest items are cut to fit, with …)."""
+
+
+def table_width(out: Path | None) -> int:
+    """The columns a table may fill: the terminal's (as rich measures it, `COLUMNS` included) when standard
+    output is one and nothing goes to a file, else `PLAIN_WIDTH`."""
+    terminal = Console(file=sys.stdout)
+    return terminal.width if out is None and terminal.is_terminal else PLAIN_WIDTH
 
 
 def overview_tables(result: Analysis) -> list[Table]:
@@ -97,7 +106,7 @@ def overview_tables(result: Analysis) -> list[Table]:
     titles = {name: m.info.titled(result.settings) for name, m in shown.items()}
     every = [c for name in shown for row in cells[name] + [row for _, row in extra[name]] for c in row]
     width = max([len(f"{layer}→{layer + 1}") for layer in result.layers] + [len(c) for c in every])
-    labels = max([len(t.text) for t in result.tokens] + [len(label) for rows in extra.values() for label, _ in rows])
+    labels = max([len(t.shown) for t in result.tokens] + [len(label) for rows in extra.values() for label, _ in rows])
     tables = []
     for name, measure in shown.items():
         table = Table(title=titles[name], title_justify="left", title_style="bold", min_width=max(map(len, titles.values())))
@@ -107,7 +116,7 @@ def overview_tables(result: Analysis) -> list[Table]:
             header = f"{layer}→{layer + 1}" if measure.info.steps else f"L{layer}"
             table.add_column(header, justify="right", min_width=width)
         for column, token in enumerate(result.tokens):
-            table.add_row(str(token.index), token.text, *cells[name][column])
+            table.add_row(str(token.index), token.shown, *cells[name][column])
         for label, row in extra[name]:
             table.add_section()
             table.add_row("", label, *row, style="italic")
@@ -122,34 +131,29 @@ def _cell(number_format: str, value: Any) -> str:
     return "" if missing else format(value, number_format)
 
 
-def token_table(result: Analysis) -> Table:
+def token_table(result: Analysis, width: int = PLAIN_WIDTH) -> Table:
     """Layer-by-layer table for an analysis narrowed to one token: every charted measure (zscore as `z`), then its
-    nearest items (the only column that gives way, cut with … where the table would pass its width)."""
+    nearest items (the only column that gives way, cut with … where the table would pass `width` columns)."""
     token = result.tokens[0]
     columns = {"layer": [str(layer) for layer in result.layers]}
     for m in result.charted:
         header = f"{m.name}→next" if m.info.steps else m.info.header
         columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
     widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
-    table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
+    table = Table(title=f"token {token.index} {token.shown}", title_justify="left", title_style="bold")
     items = ["nearest items", "head predicts"] if result.has_head else ["nearest vocabulary items"]
-    for (header, cells), width in zip(columns.items(), widths):
-        table.add_column(header, justify="right", no_wrap=True, min_width=width)
-    room = max(12, TOKEN_TABLE_WIDTH - sum(width + 3 for width in widths) - 4)  # each column: padding and a border
+    for (header, cells), least in zip(columns.items(), widths):
+        table.add_column(header, justify="right", no_wrap=True, min_width=least)
+    room = max(12, width - sum(column + 3 for column in widths) - 4)  # each column: padding and a border
     for header in items:
         share = max(12, (room - 3 * (len(items) - 1)) // len(items))
         table.add_column(header, justify="left", no_wrap=True, overflow="ellipsis", max_width=share)
     for layer in result.layers:
-        texts = [", ".join(f"{_quoted(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
+        texts = ["  ".join(f"{shown(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
         if result.has_head:
-            texts.append(", ".join(f"{_quoted(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
+            texts.append("  ".join(f"{shown(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
         table.add_row(*(cells[layer] for cells in columns.values()), *texts)
     return table
-
-
-def _quoted(text: str) -> str:
-    """A vocabulary item in a table: quoted, without the spaces around it unless it is only space."""
-    return repr(text.strip() or text)
 
 
 def similarity_table(result: Analysis) -> Table:
@@ -158,13 +162,13 @@ def similarity_table(result: Analysis) -> Table:
     similarity = result.similarity
     assert similarity is not None
     token = similarity.rows[0]
-    table = Table(title=f"token {token.index} {token.text!r}: cosine to every token", title_justify="left", title_style="bold")
+    table = Table(title=f"token {token.index} {token.shown}: cosine to every token", title_justify="left", title_style="bold")
     table.add_column("#", justify="right")
     table.add_column("token")
     for layer in result.layers:
         table.add_column(f"L{layer}", justify="right")
     for other in similarity.columns:
-        table.add_row(str(other.index), other.text, *(_cell(SIMILARITY.format, v) for v in similarity.values[:, 0, other.index]))
+        table.add_row(str(other.index), other.shown, *(_cell(SIMILARITY.format, v) for v in similarity.values[:, 0, other.index]))
     return table
 
 
@@ -318,7 +322,7 @@ def analyze_command(
     elif output_format == "csv":
         write_output(result.to_frame().to_csv(index=False), out)
     else:
-        tables = [token_table(result)] if token is not None else overview_tables(result)
+        tables = [token_table(result, table_width(out))] if token is not None else overview_tables(result)
         render_tables(tables + ([similarity_table(result)] if settings.similarity else []), out)
 
 

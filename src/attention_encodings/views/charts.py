@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..analysis import Analysis
 from ..catalog import MEASURES, MeasureInfo, baselines, charted
+from ..display import shown
 from ..errors import OptionError
 
 SELECTED = "selected"
@@ -75,16 +76,9 @@ def check_figure(measure: str) -> str:
     return measure
 
 
-def readable(text: str) -> str:
-    """A vocabulary item as charts print it: trimmed, or quoted with escapes when it is blank or holds
-    control characters (byte-level vocabularies have them; SVG and PDF cannot carry them)."""
-    trimmed = text.strip()
-    return trimmed if trimmed and trimmed.isprintable() else repr(text)
-
-
 def token_label(index: int, text: str) -> str:
-    """How a token is named in charts: its index and its readable text (`"2 flies"`)."""
-    return f"{index} {readable(text)}"
+    """How a token is named in charts: its index and its text as shown (`"2 ␣flies"`, see `display.shown`)."""
+    return f"{index} {shown(text)}"
 
 
 def default_token(result: Analysis) -> int:
@@ -95,7 +89,7 @@ def default_token(result: Analysis) -> int:
 def measures_data(result: Analysis) -> pd.DataFrame:
     """One row per (token, layer): every measure, the token's label and the name of the step to the next layer."""
     frame = result.to_frame()
-    frame["token"] = frame.token.map(readable)
+    frame["token"] = frame.token.map(shown)
     frame["label"] = frame.token_index.astype(str) + " " + frame.token
     frame["step"] = frame.layer.astype(str) + "→" + (frame.layer + 1).astype(str)
     return frame
@@ -133,7 +127,7 @@ def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank
             "layer": items.layer,
             "row": items.place.astype(str),
             "order": items.place + len(result.charted) - 1,
-            "text": items.text.map(readable) + "  " + items.score.map("{:.2f}".format),
+            "text": items.text.map(shown) + "  " + items.score.map("{:.2f}".format),
             "shade": items.score,
             "own": items.id.to_numpy() == targets[columns],
         }
@@ -141,7 +135,7 @@ def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank
     frame = measures_data(result)
     n = result.neighbour_ids.shape[2]
     outside = frame[(frame[rank] >= n).fillna(False)]
-    names = {t.id: readable(t.text) for t in result.tokens}
+    names = {t.id: shown(t.text) for t in result.tokens}
     target = pd.Series(targets[outside.token_index.map(position).to_numpy()], index=outside.index, dtype=object)
     own_text = target.map(names) + "  #" + outside[rank].map(str).astype(object)
     if rank == "rank":
@@ -362,8 +356,8 @@ def _item_table(result: Analysis, data: str, key: str, title: str, note: str) ->
     )
     summary = base.transform_filter("!isValid(datum.shade)").mark_rect(color="#f1f3f5", stroke="white")
     own = base.transform_filter("datum.own").mark_rect(fill=None, stroke=ACCENT, strokeWidth=2.5)
-    shown = len(result.charted)
-    strong = f"datum.own || datum.order < {shown}"
+    summaries = len(result.charted)
+    strong = f"datum.own || datum.order < {summaries}"
     text = base.encode(
         text="text:N", color=alt.condition("datum.shade > 0.6", alt.value("white"), alt.value("#212529"))
     )
@@ -378,7 +372,7 @@ def _item_table(result: Analysis, data: str, key: str, title: str, note: str) ->
         bold,
         title=_title(title, note),
         width=108 * len(result.layers),
-        height=18 * (n + shown + 1),
+        height=18 * (n + summaries + 1),
     )
 
 
@@ -404,9 +398,9 @@ def _finish(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None)
 
 
 def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevelMixin]:
-    shown = [m.name for m in result.charted]
-    built = {measure: trajectory_chart(result, measure) for measure in shown}
-    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in shown}
+    names = [m.name for m in result.charted]
+    built = {measure: trajectory_chart(result, measure) for measure in names}
+    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in names}
     built |= {name: table(result) for name, (_, table) in _tables(result).items()}
     return {name: _finish(chart, result, token) for name, chart in built.items()}
 
@@ -445,9 +439,9 @@ def figure(result: Analysis, measure: str = "all", token: int | str | None = Non
     data = datasets(result)
     if measure != "all":
         return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
-    shown = [m.name for m in result.charted]
-    lines = alt.hconcat(*(trajectory_chart(result, m) for m in shown), spacing=30).resolve_scale(color="independent")
-    maps = alt.hconcat(*(heatmap(result, m) for m in shown), spacing=40).resolve_scale(color="independent")
+    names = [m.name for m in result.charted]
+    lines = alt.hconcat(*(trajectory_chart(result, m) for m in names), spacing=30).resolve_scale(color="independent")
+    maps = alt.hconcat(*(heatmap(result, m) for m in names), spacing=40).resolve_scale(color="independent")
     tables = [table(result) for _, table in _tables(result).values()]
     chart = alt.vconcat(lines, maps, *tables, spacing=36).resolve_scale(color="independent")
     return _attach(_finish(chart, result, token), data)
