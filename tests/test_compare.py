@@ -189,7 +189,7 @@ def test_plot_overlays_two_taps_in_every_format(suffix, measure, tmp_path, capsy
         text = target.read_text()
         assert "resid_mid" in text and "resid_post" in text
     if measure == "all":
-        assert "resid_mid: cosine, every token × layer" in text and "resid_post: nearest vocabulary items" in text
+        assert "resid_mid: Cosine to the original encoding, every token × layer" in text and "resid_post: nearest vocabulary items" in text
 
 
 def test_plot_overlays_two_models_and_names_unmatched_tokens(tmp_path, capsys, tiny_roberta):

@@ -189,12 +189,12 @@ def test_the_url_restores_the_whole_view(page, server):
 def test_the_cosine_chart_shows_its_baselines_and_zscore_has_charts(page, server, bundled):
     open_page(page, f"{server.url}/#token=8")
     cosine = chart_text(page, "cosine")
-    assert "Vocabulary mean ± 1 std" in cosine and "Anisotropy of the text" in cosine
+    assert "Selected token's vocabulary mean ± 1 std" in cosine and "Anisotropy of the text" in cosine
     assert page.locator("figure[data-chart=cosine] g.mark-area path").count() == 1  # the ±1 std band
     assert page.locator("#lines figure").evaluate_all("nodes => nodes.map(n => n.dataset.chart)") == [
         "cosine", "rank", "overlap", "zscore"
     ]
-    assert "zscore: every token × layer" in chart_text(page, "zscore_heatmap")
+    assert "z-score: every token × layer" in chart_text(page, "zscore_heatmap")
     table = page.locator("figure[data-chart=neighbours] svg g.mark-text text").all_text_contents()
     expected = analyze(SEED, bundled)
     assert "zscore" in table and f"{expected.zscore.values[6, 8]:.2f}" in table

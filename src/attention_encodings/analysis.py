@@ -114,7 +114,7 @@ class Trajectory:
 
     def column(self, layers: int) -> pd.api.extensions.ExtensionArray | np.ndarray:
         """The values as one tidy-frame column over `layers` rows per token, layer-major. A layer-pair measure
-        (null at the last layer) or a nullable one is a nullable Int64 or Float64 column."""
+        (null at the last layer) or a nullable one is a nullable Int64 or Float32 column (float32 as computed)."""
         import pandas as pd
 
         full = np.zeros((layers, self.values.shape[1]), dtype=self.values.dtype)
@@ -123,7 +123,7 @@ class Trajectory:
         null[: len(self.layers)] = self.missing()
         if not (self.info.steps or self.info.nullable):
             return full.reshape(-1)
-        column = pd.array(full.reshape(-1), dtype="Int64" if self.info.integer else "Float64")
+        column = pd.array(full.reshape(-1), dtype="Int64" if self.info.integer else "Float32")
         column[null.reshape(-1)] = pd.NA
         return column
 
@@ -389,7 +389,7 @@ class Analysis:
             "layer": np.repeat(self.layers, tokens),
         }
         columns |= {t.info.column: t.column(layers) for t in self.measures.values()}
-        columns |= {name: pd.array(np.repeat(values, tokens), dtype="Float64") for name, values in self.text_measures.items()}
+        columns |= {name: pd.array(np.repeat(values, tokens), dtype="Float32") for name, values in self.text_measures.items()}
         return pd.DataFrame(columns)
 
     def neighbours_frame(self) -> pd.DataFrame:

@@ -74,3 +74,9 @@ def listing(texts: list[str], most: int = 6) -> str:
     """The first `most` texts as shown, then how many more: `[Fruit ␣flies … +10]`."""
     more = f" … +{len(texts) - most}" if len(texts) > most else ""
     return "[" + " ".join(shown(t) for t in texts[:most]) + more + "]"
+
+
+def model_said(label: str, reason: str, placement: str) -> str:
+    """The model in use as its line says it (command line, server, corpus report): `all-MiniLM-L6-v2 (bundled),
+    named explicitly, on cpu, float32`."""
+    return f"{label}, {reason}, on {placement}"

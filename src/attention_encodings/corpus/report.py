@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from ..catalog import MEASURES
+from ..display import model_said
 from ..settings import Settings
 from ..views.corpus import corpus_charts
 from ..views.export import vega_javascript
@@ -45,7 +46,8 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
     specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}
     model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
-    model_line = f"model: {model['label']} ({model['reason']}) on {model['device']}, {model['dtype']}"
+    placement = f"{model['device']}, {model['dtype']}"
+    model_line = f"model: {model_said(model['label'], model['reason'], placement)}"
     speed = f"{timing['tokens_per_s']:,.0f} tokens/s" if timing.get("tokens_per_s") else "—"
     facts = [
         ("input", f"{manifest['input']['path']} ({manifest['input']['format']})"),

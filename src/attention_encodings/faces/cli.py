@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..catalog import SIMILARITY, baselines, charted
-from ..display import shown
+from ..display import model_said, shown
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
 from ..names import (
     BUNDLED_ALIAS,
@@ -67,15 +67,32 @@ def read_text(text: str) -> str:
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[object]:
-    """A transient progress bar on stderr when it is a terminal; a silent callback otherwise."""
+def progress_bar(label: str, lines: bool = False) -> Iterator[object]:
+    """A transient progress bar on stderr when it is a terminal; otherwise nothing, or with `lines` (for a long
+    step) one line when the work starts and one when it ends, with its time."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield None
+        yield _progress_lines(label) if lines else None
         return
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _progress_lines(label: str) -> Callable[[int, int], None]:
+    """A progress callback that says on stderr when work begins (its first report) and when it is done."""
+    started = time.perf_counter()
+    said: list[str] = []
+
+    def report(done: int, total: int) -> None:
+        if not said:
+            said.append("started")
+            typer.echo(f"{label}: started ({total:,} to do)", err=True)
+        if done >= total and len(said) == 1:
+            said.append("done")
+            typer.echo(f"{label}: done in {time.perf_counter() - started:,.1f} s", err=True)
+
+    return report
 
 
 PLAIN_WIDTH = 100
@@ -263,23 +280,27 @@ def model_line(handle: LoadedModel, threads: int) -> str:
 
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {threads} thread{'s' if threads > 1 else ''}"
     notes = "".join(f"; {note}" for note in model_notes(handle))
-    return f"model: {handle.label} ({handle.reason}) on {placement}{notes}"
+    return f"model: {model_said(handle.label, handle.reason, placement)}{notes}"
 
 
-def run_analysis(source: str, settings: Settings) -> Analysis:
-    """Load the model (saying which, why and where on stderr, and what to know about it) and analyse `source`,
-    with a progress bar."""
+def run_analysis(source: str, settings: Settings, said: set[str] | None = None) -> Analysis:
+    """Load the model (saying which, why and where on stderr, and what to know about it, unless that line is
+    already in `said`: overlaid runs of one model say it once) and analyse `source`, with a progress bar."""
     from ..analysis import analyze_with, load_for
     from ..models import set_threads
 
     used = set_threads(settings.threads)
     handle = load_for(settings)
-    typer.echo(model_line(handle, used), err=True)
+    line = model_line(handle, used)
+    if said is None or line not in said:
+        typer.echo(line, err=True)
+    if said is not None:
+        said.add(line)
     stats = None
     if settings.normalize != "none" and settings.stats == SAMPLE_STATS:
         from ..stats import sample_stats
 
-        with progress_bar("sample statistics (once per model and tap)") as progress:
+        with progress_bar("sample statistics (once per model and tap)", lines=True) as progress:
             stats = sample_stats(handle, settings.tap, progress=progress)
     with progress_bar("measuring") as progress:
         result = analyze_with(settings, source, handle, progress=progress, stats=stats)
@@ -367,7 +388,8 @@ def plot_command(
     if tokens is not None and (measure is not None or token is not None):
         raise OptionError("--pair draws its own figure, of its two tokens; leave out --measure and --token")
     source = read_text(text)
-    results = [run_analysis(source, s if tokens is None else s.replace(similarity=True)) for s in runs]
+    said: set[str] = set()
+    results = [run_analysis(source, s if tokens is None else s.replace(similarity=True), said) for s in runs]
     selected = None if token is None else pick_token(results[0], token)
     if tokens is None and len(results) == 1:
         chart = figure(results[0], measure or "all", selected)
@@ -541,9 +563,22 @@ def cuda_summary() -> str:
     return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
 
 
+def _flags_show_no_value(command: Any) -> None:
+    """Leave the value column of `--help` empty for flags (`--similarity`, `--help`), which typer would print as
+    `<bool>`, as if they took a value; for `command` and each of its subcommands."""
+    import click
+
+    for each in [command, *getattr(command, "commands", {}).values()]:
+        options = [*each.params, each.get_help_option(click.Context(each))]
+        for option in options:
+            if getattr(option, "is_flag", False):
+                option.metavar = ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr and an exit status."""
     command = typer.main.get_command(app)
+    _flags_show_no_value(command)
     try:
         code = command.main(args=argv, prog_name="attention-encodings", standalone_mode=False)
     except typer.Abort:
