@@ -17,7 +17,7 @@ import pytest
 from conftest import SEED
 from playwright.sync_api import Page
 
-from attention_encodings import analyze
+from attention_encodings import analyze, display
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 60_000
@@ -246,11 +246,11 @@ def test_the_head_lens_on_the_page(page, server, smollm2):
     page.wait_for_function("!document.querySelector('figure[data-chart=predictions]').hidden")
     assert page.is_hidden("figure[data-chart=neighbours]") and requests == [] and "table=predictions" in page.url
     shown = chart_text(page, "predictions")
-    assert "The output head's 5 most probable items per layer" in shown and "token 1 flies" in shown
+    assert "The output head's 5 most probable items per layer" in shown and "token 1 ␣flies" in shown
     expected = analyze(text, smollm2, neighbours=5)
     for layer in (0, 15, 30):
         top = expected.predictions(layer, 1)[0]
-        assert f"{top.text.strip()}  {top.probability:.2f}" in shown
+        assert f"{display.shown(top.text)}  {top.probability:.2f}" in shown
     page.click(".chip[data-index='4']")
     page.wait_for_function("document.querySelector('figure[data-chart=predictions] svg').textContent.includes('token 4 banana')")
     with page.expect_response("**/api/charts"):

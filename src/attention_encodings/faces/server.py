@@ -156,7 +156,7 @@ def served_names(allowed: dict[str, LoadedModel]) -> dict[str, str]:
     names its own model."""
     names = {}
     for model_id, handle in allowed.items():
-        typed = [handle.name, *([BUNDLED_ALIAS] if handle.label == BUNDLED_LABEL else [])]
+        typed = [handle.name, *([BUNDLED_ALIAS] if handle.label == f"{BUNDLED_LABEL} (bundled)" else [])]
         names |= {name: model_id for name in typed if name not in names}
     return names | {model_id: model_id for model_id in allowed}
 
