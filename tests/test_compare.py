@@ -225,7 +225,7 @@ def test_analyze_similarity_as_json_and_as_a_token_table(seed_similarity, capsys
     data = json.loads(out)
     assert code == 0 and np.allclose(data["similarity"], seed_similarity.similarity.values, atol=1e-6)
     code, out, _ = _run(["analyze", SEED, "-m", "bundled", "--similarity", "--token", "8"], capsys)
-    assert code == 0 and "token 8 'flies': cosine to every token" in out
+    assert code == 0 and "token 8 flies: cosine to every token" in out
     row = next(line for line in out.splitlines() if "│  2 │ flies" in line)
     assert [cell.strip() for cell in row.split("│")[3:-1]] == [f"{v:.3f}" for v in seed_similarity.pair(8, 2).values]
 

@@ -382,7 +382,7 @@ def test_pin_then_change_the_tap_draws_two_runs_and_the_link_reopens_them(page, 
     assert page.locator(f"figure[data-chart=cosine] path[stroke='{ACCENT}']").count() >= 1  # run A's line
     assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() >= 1  # run B's
     maps = chart_text(page, "cosine_heatmap")
-    assert "resid_mid: cosine" in maps and "resid_post: cosine" in maps
+    assert "resid_mid: Cosine to the original encoding" in maps and "resid_post: Cosine to the original encoding" in maps
     assert "run A (resid_mid) with run B (resid_post)" in page.inner_text("#runs-line")
     pair_chips(page, 8, 2)
     shared = page.url
