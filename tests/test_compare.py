@@ -178,7 +178,7 @@ def test_plot_overlays_two_taps_in_every_format(suffix, measure, tmp_path, capsy
     target = tmp_path / f"taps{suffix}"
     args = ["plot", SEED, "-m", "bundled", "--tap", "resid_mid", "--tap", "resid_post", "--token", "8", "--measure", measure]
     code, _, err = _run([*args, "-o", str(target)], capsys)
-    assert code == 0 and err.count("model: all-MiniLM-L6-v2 (bundled)") == 2 and "note:" not in err, err
+    assert code == 0 and err.count("model: all-MiniLM-L6-v2 (bundled)") == 1 and "note:" not in err, err
     if suffix == ".png":
         png = target.read_bytes()
         assert png.startswith(PNG_MAGIC)
@@ -189,7 +189,7 @@ def test_plot_overlays_two_taps_in_every_format(suffix, measure, tmp_path, capsy
         text = target.read_text()
         assert "resid_mid" in text and "resid_post" in text
     if measure == "all":
-        assert "resid_mid: cosine, every token × layer" in text and "resid_post: nearest vocabulary items" in text
+        assert "resid_mid: Cosine to the original encoding, every token × layer" in text and "resid_post: nearest vocabulary items" in text
 
 
 def test_plot_overlays_two_models_and_names_unmatched_tokens(tmp_path, capsys, tiny_roberta):
@@ -225,7 +225,7 @@ def test_analyze_similarity_as_json_and_as_a_token_table(seed_similarity, capsys
     data = json.loads(out)
     assert code == 0 and np.allclose(data["similarity"], seed_similarity.similarity.values, atol=1e-6)
     code, out, _ = _run(["analyze", SEED, "-m", "bundled", "--similarity", "--token", "8"], capsys)
-    assert code == 0 and "token 8 'flies': cosine to every token" in out
+    assert code == 0 and "token 8 flies: cosine to every token" in out
     row = next(line for line in out.splitlines() if "│  2 │ flies" in line)
     assert [cell.strip() for cell in row.split("│")[3:-1]] == [f"{v:.3f}" for v in seed_similarity.pair(8, 2).values]
 

@@ -143,6 +143,23 @@ def test_report_opens_offline_in_chromium(tmp_path, browser, bundled):
         assert "Cosine to the original encoding" in page.inner_text("#broad_cosine")
         assert ("anisotropy" in page.inner_text("#broad_cosine")) == (run is result)  # one text has no cross-text pairs
         assert page.locator("#broad_rank svg path").count() > 3
+        settings = page.inner_text("#settings")
+        assert "False" not in settings and "True" not in settings and "long texts\tskipped" in settings, settings
+        texts = "els => els.map(e => e.textContent)"
+        overlap_ticks = page.locator("#broad_overlap_next .role-axis-label text").evaluate_all(texts)
+        assert [t for t in overlap_ticks if "→" in t] == [f"{layer}→{layer + 1}" for layer in range(6)], overlap_ticks
+        rank_ticks = page.locator("#broad_rank .role-axis-label text").evaluate_all(texts)
+        assert "1,500" not in rank_ticks and "500" not in rank_ticks, rank_ticks
+        swatches = page.locator("#broad_cosine .role-legend-symbol path")
+        assert swatches.count() >= 2 and all(
+            swatches.nth(i).evaluate("e => getComputedStyle(e).strokeOpacity || e.getAttribute('stroke-opacity')") in ("1", None)
+            for i in range(swatches.count())
+        )
+        if run is gold:
+            titled = " ".join(page.locator("#classes_cosine text").evaluate_all(texts))
+            assert "NOUN (n = " in titled and ", few)" in titled, titled
+            x_axes = page.locator("#classes_cosine .role-axis[aria-label^='X-axis']").count()
+            assert x_axes == titled.count("(n = "), x_axes  # one per panel: none under an empty cell
         context.close()
         assert outside == [] and errors == []
     assert "NOUN" in (gold.path / "report.html").read_text() and "tap" in (gold.path / "report.html").read_text()

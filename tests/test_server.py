@@ -54,6 +54,20 @@ def test_default_server_offers_the_default_resolution():
     assert model["reason"].startswith("offline default, because roberta-base is not in the HF cache")
 
 
+def test_a_request_may_name_a_served_model_as_the_user_would():
+    """A server started without --models runs `default`; `bundled` and the hub id name that same model."""
+    client = TestClient(create_app())
+    expected = client.post("/api/analyze", json={"text": SEED}).json()
+    for name in ("default", "bundled", "sentence-transformers/all-MiniLM-L6-v2"):
+        response = client.post("/api/analyze", json={"text": SEED, "model": name})
+        assert response.status_code == 200, response.text
+        assert response.json()["cosine"] == expected["cosine"]
+    _one_line(
+        client.post("/api/analyze", json={"text": SEED, "model": "roberta-base"}), 422,
+        "unknown model 'roberta-base'; this server runs: default (also sentence-transformers/all-MiniLM-L6-v2, bundled)",
+    )
+
+
 def test_analyze_returns_the_cli_contract(client, bundled):
     response = client.post("/api/analyze", json={"text": SEED})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
@@ -144,7 +158,7 @@ BAD = [
     ({"text": "a" * (MAX_CHARS + 1)}, 422, f"accepts at most {MAX_CHARS}"),
     ({"text": " ".join([SEED] * 12)}, 422, f"accepts at most {MAX_TOKENS} with all-MiniLM-L6-v2"),
     ({"text": " ".join([SEED] * 3), "model": "{tiny}"}, 422, "accepts at most 38 with"),
-    ({"text": SEED, "model": "roberta-base"}, 422, "unknown model 'roberta-base'; this server runs: bundled"),
+    ({"text": SEED, "model": "roberta-base"}, 422, "unknown model 'roberta-base'; this server runs: bundled (also sentence-transformers/all-MiniLM-L6-v2)"),
     ({"text": SEED, "model": "/etc"}, 422, "unknown model '/etc'"),
     ({"text": SEED, "tap": "resid_pre"}, 422, "tap: Input should be 'resid_mid', 'attn_ln' or 'resid_post'"),
     ({"text": SEED, "reference": "unembed"}, 422, "reference: Input should be 'embedding' or 'word'"),
@@ -257,7 +271,7 @@ def test_serve_command_starts_a_server_a_user_can_reach():
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
     try:
         model_line, serving_line = process.stdout.readline().decode(), process.stdout.readline().decode()
-        assert model_line.startswith("model 'default': all-MiniLM-L6-v2 (bundled) (offline default, because")
+        assert model_line.startswith("model 'default': all-MiniLM-L6-v2 (bundled), offline default, because")
         assert model_line.rstrip().endswith(" on cpu; all-MiniLM-L6-v2 (bundled) has no output head (it loads as "
                                             "BertModel), so head_rank and the head's predictions are absent")
         assert serving_line.startswith(f"attention-encodings: serving http://127.0.0.1:{port}/")
@@ -281,8 +295,8 @@ def test_serve_bundled_and_smollm2(smollm2):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
     try:
         lines = [process.stdout.readline().decode() for _ in range(3)]
-        assert lines[0].startswith("model 'bundled': all-MiniLM-L6-v2 (bundled) (named explicitly) on cpu; ")
-        assert lines[1].startswith("model 'smollm2': SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named explicitly;")
+        assert lines[0].startswith("model 'bundled': all-MiniLM-L6-v2 (bundled), named explicitly, on cpu; ")
+        assert lines[1].startswith("model 'smollm2': SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF, named explicitly;")
         assert lines[1].rstrip().endswith("on cpu; the embedding reference equals word here (no absolute positions or embedding norm)")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             models = http.get("/api/models").json()["models"]

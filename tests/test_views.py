@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import SEED, run_cli
@@ -12,8 +13,9 @@ from pypdf import PdfReader
 
 from attention_encodings import InputError, MeasureUnavailableError, analyze
 from attention_encodings.faces.cli import main
+from attention_encodings.display import shown
 from attention_encodings.views import FIGURES, charts, check_file_type, default_token, figure, save
-from attention_encodings.views.charts import neighbour_data, prediction_data, readable
+from attention_encodings.views.charts import neighbour_data, prediction_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,7 +48,7 @@ def test_the_cosine_chart_draws_its_baselines(seed_result):
     text's anisotropy, named in a legend; the other charts have none."""
     layers = charts(seed_result)["cosine"].to_dict()["layer"]
     colours = [layer["encoding"]["color"] for layer in layers if "color" in layer.get("encoding", {})]
-    assert colours and all(c["scale"]["domain"] == ["Vocabulary mean ± 1 std", "Anisotropy of the text"] for c in colours)
+    assert colours and all(c["scale"]["domain"] == ["Selected token's vocabulary mean ± 1 std", "Anisotropy of the text"] for c in colours)
     marks = [(layer["mark"]["type"], layer["encoding"]["y"]["field"]) for layer in layers if "color" in layer.get("encoding", {})]
     assert marks == [("area", "low"), ("line", "vocab_mean"), ("line", "anisotropy")]
     assert all("selected" in layer["transform"][0]["filter"] for layer in layers[:3])
@@ -110,7 +112,7 @@ def test_saved_figures_are_valid_and_name_the_token(seed_result, tmp_path):
 
 
 def test_control_characters_are_escaped_for_svg_and_pdf(tiny_roberta, tmp_path):
-    assert [readable(t) for t in (" flies", "\x03", " ", "é")] == ["flies", "'\\x03'", "' '", "é"]
+    assert [shown(t) for t in (" flies", "\x03", " ", "é")] == ["␣flies", "\\x03", "␣", "é"]
     result = analyze(SEED, str(tiny_roberta), neighbours=40)
     assert any(not str(t).strip().isprintable() for t in result.neighbour_texts.ravel())  # byte-level pieces
     for suffix in (".svg", ".pdf"):  # vl-convert aborts the process on a control character in text
@@ -175,7 +177,7 @@ def test_an_analysis_displays_as_its_charts_in_ipython(seed_result):
         data, _ = shell.display_formatter.format(seed_result)
         assert "text/html" in data and "vegaEmbed" in data["text/html"] and "1 time" in data["text/html"]
         assert "zscore_heatmap" not in data["text/html"] and "z-score: standard deviations" in data["text/html"]
-        assert "Vocabulary mean" in data["text/html"] and "Anisotropy of the text" in data["text/html"]
+        assert "Selected token's vocabulary mean" in data["text/html"] and "Anisotropy of the text" in data["text/html"]
     finally:
         InteractiveShell.clear_instance()
 
@@ -213,11 +215,11 @@ def test_the_predictions_table_outlines_the_target_and_places_it_when_outside(sm
         elif row.head_rank < n:
             assert outlined.row.tolist() == [str(ids.index(target) + 1)] and placed.empty
         else:
-            next_token = readable(result.tokens[token + 1].text)
+            next_token = shown(result.tokens[token + 1].text)
             assert outlined.empty and placed.text.item() == f"{next_token}  #{row.head_rank}"
     cell = listed[(listed.token_index == 1) & (listed.layer == 30) & (listed.row == "1")].iloc[0]
     top = result.predictions(30, 1)[0]
-    assert cell.text == f"{readable(top.text)}  {top.probability:.2f}" and cell.shade == pytest.approx(top.probability)
+    assert cell.text == f"{shown(top.text)}  {top.probability:.2f}" and cell.shade == pytest.approx(top.probability)
 
 
 def test_plot_the_head_rank_of_smollm2(smollm2, tmp_path):
@@ -225,4 +227,42 @@ def test_plot_the_head_rank_of_smollm2(smollm2, tmp_path):
     done = run_cli("plot", "Fruit flies like a banana.", "-m", "smollm2", "--measure", "head_rank", "--token", "1", "-o", str(target))
     assert done.returncode == 0, done.stderr.decode()
     svg = target.read_text()
-    assert "Head rank: vocabulary items the output head prefers to the target" in svg and "token 1 flies" in svg
+    assert "Head rank: vocabulary items the output head prefers to the target" in svg and "token 1 ␣flies, ranking the next token" in svg
+    assert "␣flies → ␣like" in svg  # the line is named for the token it ranks
+
+
+def _layers_of(spec: dict) -> list[dict]:
+    """Every unit chart of a (possibly concatenated, layered) spec."""
+    found = []
+    for key in ("layer", "hconcat", "vconcat"):
+        for part in spec.get(key, []):
+            found += _layers_of(part)
+    return found + ([spec] if "mark" in spec else [])
+
+
+def test_figures_on_a_deep_decoder_are_bounded_and_name_what_they_draw(smollm2_result, seed_result):
+    """SmolLM2's 31 layers: thinned layer and step ticks, heatmaps and tables of bounded width, rank ticks up to
+    the power of ten above the data, ticks without trailing zeros, one title per measure, the head-lens line
+    named for the token it ranks, and the legend saying whose baseline it is."""
+    from attention_encodings.views.charts import chart_specs
+
+    specs, _ = chart_specs(smollm2_result, token=0)
+    overlap_axis = specs["overlap"]["layer"][-1]["encoding"]["x"]["axis"]["values"]
+    assert overlap_axis == ["0→1", "4→5", "8→9", "12→13", "16→17", "20→21", "24→25", "28→29"]
+    assert specs["cosine"]["layer"][-1]["encoding"]["x"]["axis"]["values"] == list(range(0, 31, 2))
+    assert specs["cosine_heatmap"]["width"] <= 330 and specs["neighbours"]["width"] <= 1800
+    rank_y = specs["rank"]["layer"][-1]["encoding"]["y"]
+    top = rank_y["axis"]["values"][-1]
+    assert top >= int(np.max(smollm2_result.rank.values)) and rank_y["scale"]["domain"] == [0, top]
+    assert specs["cosine"]["layer"][-1]["encoding"]["y"]["axis"]["format"] == "~r"
+    assert specs["zscore_heatmap"]["title"]["text"] == "z-score: every token × layer"
+    head = specs["head_rank"]
+    assert "ranking the next token" in head["title"]["text"]["expr"]
+    (label,) = [unit for unit in _layers_of(head) if unit["mark"]["type"] == "text"]
+    assert label["encoding"]["text"]["field"] == "line_label"
+    assert {"calculate": "datum.token + ' → ' + datum.target", "as": "line_label"} in label["transform"]
+    specs, _ = chart_specs(seed_result)  # small models keep every tick
+    assert specs["overlap"]["layer"][-1]["encoding"]["x"]["axis"]["values"] == [f"{l}→{l + 1}" for l in range(6)]
+    seed_rank = specs["rank"]["layer"][-1]["encoding"]["y"]["axis"]["values"]
+    assert seed_rank == [0, 1, 10, 100]  # [SEP] climbs to rank 59 at the last layer
+    assert "(in colour; other tokens grey)" in specs["cosine"]["title"]["text"]["expr"]

@@ -17,7 +17,7 @@ import pytest
 from conftest import SEED
 from playwright.sync_api import Page
 
-from attention_encodings import analyze
+from attention_encodings import analyze, display
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TIMEOUT_MS = 60_000
@@ -189,12 +189,12 @@ def test_the_url_restores_the_whole_view(page, server):
 def test_the_cosine_chart_shows_its_baselines_and_zscore_has_charts(page, server, bundled):
     open_page(page, f"{server.url}/#token=8")
     cosine = chart_text(page, "cosine")
-    assert "Vocabulary mean ± 1 std" in cosine and "Anisotropy of the text" in cosine
+    assert "Selected token's vocabulary mean ± 1 std" in cosine and "Anisotropy of the text" in cosine
     assert page.locator("figure[data-chart=cosine] g.mark-area path").count() == 1  # the ±1 std band
     assert page.locator("#lines figure").evaluate_all("nodes => nodes.map(n => n.dataset.chart)") == [
         "cosine", "rank", "overlap", "zscore"
     ]
-    assert "zscore: every token × layer" in chart_text(page, "zscore_heatmap")
+    assert "z-score: every token × layer" in chart_text(page, "zscore_heatmap")
     table = page.locator("figure[data-chart=neighbours] svg g.mark-text text").all_text_contents()
     expected = analyze(SEED, bundled)
     assert "zscore" in table and f"{expected.zscore.values[6, 8]:.2f}" in table
@@ -246,11 +246,11 @@ def test_the_head_lens_on_the_page(page, server, smollm2):
     page.wait_for_function("!document.querySelector('figure[data-chart=predictions]').hidden")
     assert page.is_hidden("figure[data-chart=neighbours]") and requests == [] and "table=predictions" in page.url
     shown = chart_text(page, "predictions")
-    assert "The output head's 5 most probable items per layer" in shown and "token 1 flies" in shown
+    assert "The output head's 5 most probable items per layer" in shown and "token 1 ␣flies" in shown
     expected = analyze(text, smollm2, neighbours=5)
     for layer in (0, 15, 30):
         top = expected.predictions(layer, 1)[0]
-        assert f"{top.text.strip()}  {top.probability:.2f}" in shown
+        assert f"{display.shown(top.text)}  {top.probability:.2f}" in shown
     page.click(".chip[data-index='4']")
     page.wait_for_function("document.querySelector('figure[data-chart=predictions] svg').textContent.includes('token 4 banana')")
     with page.expect_response("**/api/charts"):
@@ -382,7 +382,7 @@ def test_pin_then_change_the_tap_draws_two_runs_and_the_link_reopens_them(page, 
     assert page.locator(f"figure[data-chart=cosine] path[stroke='{ACCENT}']").count() >= 1  # run A's line
     assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() >= 1  # run B's
     maps = chart_text(page, "cosine_heatmap")
-    assert "resid_mid: cosine" in maps and "resid_post: cosine" in maps
+    assert "resid_mid: Cosine to the original encoding" in maps and "resid_post: Cosine to the original encoding" in maps
     assert "run A (resid_mid) with run B (resid_post)" in page.inner_text("#runs-line")
     pair_chips(page, 8, 2)
     shared = page.url

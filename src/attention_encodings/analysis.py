@@ -21,6 +21,7 @@ import torch
 
 from .attribution import Attribution, attribute
 from .catalog import HEAD_MEASURES, LENS_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
+from .display import brief, layer_span, listing, shown, typed
 from .errors import InputError, MeasureUnavailableError
 from .metrics import (
     DEFAULT_REFERENCE,
@@ -59,8 +60,8 @@ class Token:
 
     @property
     def shown(self) -> str:
-        """The text as messages print it: trimmed, or quoted when that leaves nothing."""
-        return self.text.strip() or repr(self.text)
+        """The text as tables, charts and messages show it (`␣flies`, see `display.shown`)."""
+        return shown(self.text)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,9 @@ class Trajectory:
     def description(self) -> str:
         return self.info.description
 
+    def __repr__(self) -> str:
+        return brief("Trajectory", measure=self.name, layers=layer_span(self.layers), tokens=self.values.shape[1], dtype=self.values.dtype)
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.array(self.values, dtype=dtype, copy=copy)
 
@@ -112,7 +116,7 @@ class Trajectory:
 
     def column(self, layers: int) -> pd.api.extensions.ExtensionArray | np.ndarray:
         """The values as one tidy-frame column over `layers` rows per token, layer-major. A layer-pair measure
-        (null at the last layer) or a nullable one is a nullable Int64 or Float64 column."""
+        (null at the last layer) or a nullable one is a nullable Int64 or Float32 column (float32 as computed)."""
         import pandas as pd
 
         full = np.zeros((layers, self.values.shape[1]), dtype=self.values.dtype)
@@ -121,7 +125,7 @@ class Trajectory:
         null[: len(self.layers)] = self.missing()
         if not (self.info.steps or self.info.nullable):
             return full.reshape(-1)
-        column = pd.array(full.reshape(-1), dtype="Int64" if self.info.integer else "Float64")
+        column = pd.array(full.reshape(-1), dtype="Int64" if self.info.integer else "Float32")
         column[null.reshape(-1)] = pd.NA
         return column
 
@@ -132,9 +136,10 @@ class Trajectory:
 
 def token_matches(tokens: Sequence[Token], query: int | str) -> list[int]:
     """Indices of the `tokens` that `query` names: an index, else tokens whose text matches (exactly, then
-    ignoring surrounding space and case)."""
+    ignoring surrounding space and case); `␣` stands for a space, as tables show it."""
     if isinstance(query, int) or (isinstance(query, str) and query.strip().isdigit()):
         return [t.index for t in tokens if t.index == int(query)]
+    query = typed(query)
     for key in (lambda s: s, lambda s: s.strip(), lambda s: s.strip().casefold()):
         found = [t.index for t in tokens if key(t.text) == key(query)]
         if found:
@@ -162,6 +167,10 @@ class Similarity:
     columns: tuple[Token, ...]
     values: np.ndarray
     """(N+1, len(rows), len(columns)) float32."""
+
+    def __repr__(self) -> str:
+        rows, columns = (listing([t.text for t in tokens]) for tokens in (self.rows, self.columns))
+        return brief("Similarity", layers=layer_span(range(len(self.values))), rows=rows, columns=columns)
 
     def take(self, rows: slice) -> Similarity:
         """The same similarity for a slice of the rows."""
@@ -203,6 +212,10 @@ class Pair:
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return np.array(self.values, dtype=dtype, copy=copy)
+
+    def __repr__(self) -> str:
+        tokens = f"{self.first.index} {self.first.shown}, {self.second.index} {self.second.shown}"
+        return brief("Pair", tokens=tokens, layers=layer_span(self.layers))
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,18 @@ class Analysis:
             return measures[name]
         why = (self.__dict__.get("absent") or {}).get(name) or f"it has {', '.join(measures)}"
         raise MeasureUnavailableError(f"this analysis has no {name!r} measure: {why}")
+
+    def __repr__(self) -> str:
+        return brief(
+            "Analysis",
+            model=self.model_label,
+            tap=self.tap,
+            reference=self.reference,
+            normalize=self.settings.normalize,
+            tokens=f"{len(self.tokens)} {listing([t.text for t in self.tokens])}",
+            layers=layer_span(self.layers),
+            measures=", ".join([*self.measures, *self.text_measures]),
+        )
 
     @property
     def has_head(self) -> bool:
@@ -369,7 +394,7 @@ class Analysis:
             "layer": np.repeat(self.layers, tokens),
         }
         columns |= {t.info.column: t.column(layers) for t in self.measures.values()}
-        columns |= {name: pd.array(np.repeat(values, tokens), dtype="Float64") for name, values in self.text_measures.items()}
+        columns |= {name: pd.array(np.repeat(values, tokens), dtype="Float32") for name, values in self.text_measures.items()}
         return pd.DataFrame(columns)
 
     def neighbours_frame(self) -> pd.DataFrame:

@@ -57,6 +57,12 @@ class MeasureInfo:
         return self.short or self.name
 
     @property
+    def named(self) -> str:
+        """The measure's name for people: its title up to any colon (`z-score`, `Head rank`), where a chart has
+        room for no more (heatmaps)."""
+        return self.title.split(":")[0]
+
+    @property
     def column(self) -> str:
         """The tidy-frame and CSV column: a layer-pair measure is named for the step to the next layer."""
         return f"{self.name}_next" if self.steps else self.name

@@ -14,6 +14,7 @@ from difflib import SequenceMatcher
 import numpy as np
 
 from .analysis import Analysis, Token
+from .display import brief
 from .errors import InputError
 from .settings import MAX_RUNS, Settings
 
@@ -34,6 +35,10 @@ class Comparison:
     """What the labels name (`tap`, `model · tap`): the legend's title."""
     keys: tuple[np.ndarray, ...]
     """Per run, for each of its tokens, the index of the matching token of run A, or -1."""
+
+    def __repr__(self) -> str:
+        runs = "; ".join(self.labels)
+        return brief("Comparison", runs=f"{len(self.runs)} [{runs}]", differs=self.differs, tokens=f"{len(self.runs[0].tokens)} in run A")
 
     def unmatched(self) -> list[tuple[str, list[Token]]]:
         """Per run with any, its label and its tokens that are not in every run."""

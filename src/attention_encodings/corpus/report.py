@@ -9,8 +9,9 @@ from typing import Any
 import pandas as pd
 
 from ..catalog import MEASURES
+from ..display import model_said
 from ..settings import Settings
-from ..views.corpus import corpus_charts
+from ..views.corpus import MIN_TOKENS, corpus_charts
 from ..views.export import vega_javascript
 from .summary import group_order
 from .words import UPOS
@@ -45,7 +46,8 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
     specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}
     model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
-    model_line = f"model: {model['label']} ({model['reason']}) on {model['device']}, {model['dtype']}"
+    placement = f"{model['device']}, {model['dtype']}"
+    model_line = f"model: {model_said(model['label'], model['reason'], placement)}"
     speed = f"{timing['tokens_per_s']:,.0f} tokens/s" if timing.get("tokens_per_s") else "—"
     facts = [
         ("input", f"{manifest['input']['path']} ({manifest['input']['format']})"),
@@ -55,10 +57,16 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
         ("word classes", manifest["word_classes"] or "none"),
         ("attention-encodings", manifest["version"]),
     ]
-    chosen = manifest["settings"]
-    settings_rows = [(k, chosen[k]) for k in ("tap", "reference", "top_k", "neighbours", "truncate", "dtype")] + [
-        ("batch_tokens", manifest["run"]["batch_tokens"]),
-        ("limit", manifest["run"]["limit"] or "none"),
+    chosen, run = manifest["settings"], manifest["run"]
+    settings_rows = [
+        ("tap", chosen["tap"]),
+        ("reference", chosen["reference"]),
+        ("neighbourhood (top-k)", f"{chosen['top_k']:,}"),
+        ("neighbours kept", f"{chosen['neighbours']:,} per token and layer" if chosen["neighbours"] else "none"),
+        ("long texts", "cut to the model's limit" if chosen["truncate"] else "skipped"),
+        ("precision", chosen["dtype"]),
+        ("batches", f"at most {run['batch_tokens']:,} padded tokens"),
+        ("records", f"the first {run['limit']:,}" if run["limit"] else "all"),
     ]
     note = (
         ""
@@ -78,7 +86,8 @@ def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Setti
         if not classes
         else (
             '<h2>By part of speech</h2><p class="explain">The same, for each universal part of speech of the words '
-            "the tokens belong to (a token takes the part of speech of the word holding its first character).</p>"
+            "the tokens belong to (a token takes the part of speech of the word holding its first character). Each "
+            f"panel's title gives n, its tokens; one with fewer than {MIN_TOKENS} is faded and marked <i>few</i>.</p>"
             f'<div class="charts">{figures("classes_")}</div>'
         )
     )

@@ -17,6 +17,7 @@ import pandas as pd
 from .._version import __version__
 from ..analysis import lens_for, load_for, settings_for
 from ..catalog import MEASURES
+from ..display import brief, layer_span
 from ..metrics import Stats
 from ..models import LoadedModel
 from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_TAP
@@ -46,6 +47,29 @@ class CorpusAnalysis:
     def manifest(self) -> dict[str, Any]:
         """Settings, model, package version, input path and SHA-256, counts and timings."""
         return store.RunFolder(self.path).read_manifest()
+
+    def about(self) -> dict[str, str]:
+        """What the run is, in a few words each (its repr and its notebook display): the folder, the model, tap
+        and reference, the counts, layers, measures and status; the folder alone while it holds no run."""
+        try:
+            manifest = self.manifest
+        except (OSError, ValueError):
+            return {"path": repr(str(self.path))}
+        settings, counts = manifest["settings"], manifest["counts"]
+        return {
+            "path": repr(str(self.path)),
+            "model": manifest["model"]["label"],
+            "tap": settings["tap"],
+            "reference": settings["reference"],
+            "texts": f"{counts['texts']:,}",
+            "tokens": f"{counts['tokens']:,}",
+            "layers": layer_span(manifest["layers"]),
+            "measures": ", ".join(manifest["measures"]),
+            "status": manifest["status"],
+        }
+
+    def __repr__(self) -> str:
+        return brief("CorpusAnalysis", **self.about())
 
     def tokens(self) -> pd.DataFrame:
         """Every (text, layer, token) row, in input order (the whole table: for large corpora, query

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..errors import InputError, OptionError
 from ..settings import Settings
-from .cli import FORMATS, TOKEN_TABLE_WIDTH, TextArgument, pick_token, read_text, render_tables, run_analysis, write_output
+from .cli import FORMATS, PLAIN_WIDTH, TextArgument, pick_token, read_text, render_tables, run_analysis, write_output
 
 if TYPE_CHECKING:
     from ..analysis import Analysis
@@ -37,7 +37,7 @@ def attribution_table(result: Analysis, layer: int | None, top: int) -> Table:
                   title_style="bold", caption=CAPTION, caption_justify="left")
     for header in ("layer", "cosine", "change", "rank", "part", "moved", "rank w/o"):
         table.add_column(header, justify="left" if header == "part" else "right", no_wrap=True)
-    room = TOKEN_TABLE_WIDTH - 70  # what the other columns, their padding and borders leave
+    room = PLAIN_WIDTH - 70  # what the other columns, their padding and borders leave
     table.add_column("drew from (weight)", no_wrap=True, overflow="ellipsis", max_width=room)
     for shown in layers:
         terms = delta.loc[shown, list(found.components)].to_numpy()

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..catalog import SIMILARITY, baselines, charted
+from ..display import model_said, shown
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
 from ..names import (
     BUNDLED_ALIAS,
@@ -66,19 +67,44 @@ def read_text(text: str) -> str:
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[object]:
-    """A transient progress bar on stderr when it is a terminal; a silent callback otherwise."""
+def progress_bar(label: str, lines: bool = False) -> Iterator[object]:
+    """A transient progress bar on stderr when it is a terminal; otherwise nothing, or with `lines` (for a long
+    step) one line when the work starts and one when it ends, with its time."""
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield None
+        yield _progress_lines(label) if lines else None
         return
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-TOKEN_TABLE_WIDTH = 100
-"""The `--token` table fits this many columns (its list of nearest items is cut to fit, with …)."""
+def _progress_lines(label: str) -> Callable[[int, int], None]:
+    """A progress callback that says on stderr when work begins (its first report) and when it is done."""
+    started = time.perf_counter()
+    said: list[str] = []
+
+    def report(done: int, total: int) -> None:
+        if not said:
+            said.append("started")
+            typer.echo(f"{label}: started ({total:,} to do)", err=True)
+        if done >= total and len(said) == 1:
+            said.append("done")
+            typer.echo(f"{label}: done in {time.perf_counter() - started:,.1f} s", err=True)
+
+    return report
+
+
+PLAIN_WIDTH = 100
+"""The width the `--token` table fits in a pipe or a file; on a terminal it fits the terminal's (its lists of
+nearest items are cut to fit, with …)."""
+
+
+def table_width(out: Path | None) -> int:
+    """The columns a table may fill: the terminal's (as rich measures it, `COLUMNS` included) when standard
+    output is one and nothing goes to a file, else `PLAIN_WIDTH`."""
+    terminal = Console(file=sys.stdout)
+    return terminal.width if out is None and terminal.is_terminal else PLAIN_WIDTH
 
 
 def overview_tables(result: Analysis) -> list[Table]:
@@ -97,7 +123,7 @@ def overview_tables(result: Analysis) -> list[Table]:
     titles = {name: m.info.titled(result.settings) for name, m in shown.items()}
     every = [c for name in shown for row in cells[name] + [row for _, row in extra[name]] for c in row]
     width = max([len(f"{layer}→{layer + 1}") for layer in result.layers] + [len(c) for c in every])
-    labels = max([len(t.text) for t in result.tokens] + [len(label) for rows in extra.values() for label, _ in rows])
+    labels = max([len(t.shown) for t in result.tokens] + [len(label) for rows in extra.values() for label, _ in rows])
     tables = []
     for name, measure in shown.items():
         table = Table(title=titles[name], title_justify="left", title_style="bold", min_width=max(map(len, titles.values())))
@@ -107,7 +133,7 @@ def overview_tables(result: Analysis) -> list[Table]:
             header = f"{layer}→{layer + 1}" if measure.info.steps else f"L{layer}"
             table.add_column(header, justify="right", min_width=width)
         for column, token in enumerate(result.tokens):
-            table.add_row(str(token.index), token.text, *cells[name][column])
+            table.add_row(str(token.index), token.shown, *cells[name][column])
         for label, row in extra[name]:
             table.add_section()
             table.add_row("", label, *row, style="italic")
@@ -122,34 +148,29 @@ def _cell(number_format: str, value: Any) -> str:
     return "" if missing else format(value, number_format)
 
 
-def token_table(result: Analysis) -> Table:
+def token_table(result: Analysis, width: int = PLAIN_WIDTH) -> Table:
     """Layer-by-layer table for an analysis narrowed to one token: every charted measure (zscore as `z`), then its
-    nearest items (the only column that gives way, cut with … where the table would pass its width)."""
+    nearest items (the only column that gives way, cut with … where the table would pass `width` columns)."""
     token = result.tokens[0]
     columns = {"layer": [str(layer) for layer in result.layers]}
     for m in result.charted:
         header = f"{m.name}→next" if m.info.steps else m.info.header
         columns[header] = [_cell(m.info.format, m.values[layer, 0]) if layer < len(m.layers) else "" for layer in result.layers]
     widths = [max(len(header), *map(len, cells)) for header, cells in columns.items()]
-    table = Table(title=f"token {token.index} {token.text!r}", title_justify="left", title_style="bold")
+    table = Table(title=f"token {token.index} {token.shown}", title_justify="left", title_style="bold")
     items = ["nearest items", "head predicts"] if result.has_head else ["nearest vocabulary items"]
-    for (header, cells), width in zip(columns.items(), widths):
-        table.add_column(header, justify="right", no_wrap=True, min_width=width)
-    room = max(12, TOKEN_TABLE_WIDTH - sum(width + 3 for width in widths) - 4)  # each column: padding and a border
+    for (header, cells), least in zip(columns.items(), widths):
+        table.add_column(header, justify="right", no_wrap=True, min_width=least)
+    room = max(12, width - sum(column + 3 for column in widths) - 4)  # each column: padding and a border
     for header in items:
         share = max(12, (room - 3 * (len(items) - 1)) // len(items))
         table.add_column(header, justify="left", no_wrap=True, overflow="ellipsis", max_width=share)
     for layer in result.layers:
-        texts = [", ".join(f"{_quoted(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
+        texts = ["  ".join(f"{shown(n.text)} {n.cosine:.2f}" for n in result.neighbours(layer, 0)[:5])]
         if result.has_head:
-            texts.append(", ".join(f"{_quoted(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
+            texts.append("  ".join(f"{shown(p.text)} {p.probability:.2f}" for p in result.predictions(layer, 0)[:3]))
         table.add_row(*(cells[layer] for cells in columns.values()), *texts)
     return table
-
-
-def _quoted(text: str) -> str:
-    """A vocabulary item in a table: quoted, without the spaces around it unless it is only space."""
-    return repr(text.strip() or text)
 
 
 def similarity_table(result: Analysis) -> Table:
@@ -158,13 +179,13 @@ def similarity_table(result: Analysis) -> Table:
     similarity = result.similarity
     assert similarity is not None
     token = similarity.rows[0]
-    table = Table(title=f"token {token.index} {token.text!r}: cosine to every token", title_justify="left", title_style="bold")
+    table = Table(title=f"token {token.index} {token.shown}: cosine to every token", title_justify="left", title_style="bold")
     table.add_column("#", justify="right")
     table.add_column("token")
     for layer in result.layers:
         table.add_column(f"L{layer}", justify="right")
     for other in similarity.columns:
-        table.add_row(str(other.index), other.text, *(_cell(SIMILARITY.format, v) for v in similarity.values[:, 0, other.index]))
+        table.add_row(str(other.index), other.shown, *(_cell(SIMILARITY.format, v) for v in similarity.values[:, 0, other.index]))
     return table
 
 
@@ -259,23 +280,28 @@ def model_line(handle: LoadedModel, threads: int) -> str:
 
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {threads} thread{'s' if threads > 1 else ''}"
     notes = "".join(f"; {note}" for note in model_notes(handle))
-    return f"model: {handle.label} ({handle.reason}) on {placement}{notes}"
+    return f"model: {model_said(handle.label, handle.reason, placement)}{notes}"
 
 
-def run_analysis(source: str, settings: Settings, focus: str | None = None) -> Analysis:
-    """Load the model (saying which, why and where on stderr, and what to know about it) and analyse `source`,
-    with a progress bar; `focus` is the token a long text's attribution detail is for."""
+def run_analysis(source: str, settings: Settings, said: set[str] | None = None, focus: str | None = None) -> Analysis:
+    """Load the model (saying which, why and where on stderr, and what to know about it, unless that line is
+    already in `said`: overlaid runs of one model say it once) and analyse `source`, with a progress bar; `focus`
+    is the token a long text's attribution detail is for."""
     from ..analysis import analyze_with, load_for
     from ..models import set_threads
 
     used = set_threads(settings.threads)
     handle = load_for(settings)
-    typer.echo(model_line(handle, used), err=True)
+    line = model_line(handle, used)
+    if said is None or line not in said:
+        typer.echo(line, err=True)
+    if said is not None:
+        said.add(line)
     stats = None
     if settings.normalize != "none" and settings.stats == SAMPLE_STATS:
         from ..stats import sample_stats
 
-        with progress_bar("sample statistics (once per model and tap)") as progress:
+        with progress_bar("sample statistics (once per model and tap)", lines=True) as progress:
             stats = sample_stats(handle, settings.tap, progress=progress)
     with progress_bar("measuring") as progress:
         result = analyze_with(settings, source, handle, progress=progress, stats=stats, focus=focus)
@@ -321,7 +347,7 @@ def analyze_command(
         frame = result.to_frame() if result.attribution is None else result.attribution.to_frame()
         write_output(frame.to_csv(index=False), out)
     else:
-        tables = [token_table(result)] if token is not None else overview_tables(result)
+        tables = [token_table(result, table_width(out))] if token is not None else overview_tables(result)
         render_tables(tables + ([similarity_table(result)] if settings.similarity else []), out)
 
 
@@ -366,7 +392,8 @@ def plot_command(
     if tokens is not None and (measure is not None or token is not None):
         raise OptionError("--pair draws its own figure, of its two tokens; leave out --measure and --token")
     source = read_text(text)
-    results = [run_analysis(source, s if tokens is None else s.replace(similarity=True)) for s in runs]
+    said: set[str] = set()
+    results = [run_analysis(source, s if tokens is None else s.replace(similarity=True), said) for s in runs]
     selected = None if token is None else pick_token(results[0], token)
     if tokens is None and len(results) == 1:
         chart = figure(results[0], measure or "all", selected)
@@ -566,6 +593,18 @@ def cuda_summary() -> str:
     return ", ".join(f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
 
 
+def _flags_show_no_value(command: Any) -> None:
+    """Leave the value column of `--help` empty for flags (`--similarity`, `--help`), which typer would print as
+    `<bool>`, as if they took a value; for `command` and each of its subcommands."""
+    import click
+
+    for each in [command, *getattr(command, "commands", {}).values()]:
+        options = [*each.params, each.get_help_option(click.Context(each))]
+        for option in options:
+            if getattr(option, "is_flag", False):
+                option.metavar = ""
+
+
 from .lens import register as register_lens  # noqa: E402  (fit-lens: its own module, which reads the options above)
 
 register_lens(app)
@@ -578,6 +617,7 @@ app.command("attribute")(with_settings(skip=("attribution", "similarity"))(attri
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr and an exit status."""
     command = typer.main.get_command(app)
+    _flags_show_no_value(command)
     try:
         code = command.main(args=argv, prog_name="attention-encodings", standalone_mode=False)
     except typer.Abort:

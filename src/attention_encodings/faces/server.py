@@ -34,10 +34,12 @@ from .._version import __version__
 from ..analysis import Analysis, analyze_with, head_lens_for, model_notes
 from ..catalog import HEAD_MEASURES, MEASURES, TEXT_MEASURES
 from ..comparison import compare
+from ..display import model_said
 from ..errors import InputError
 from ..metrics import Stats
 from ..models import LoadedModel, load_model, set_threads
-from ..names import NORMALIZATIONS, REFERENCES, SAMPLE_STATS
+from ..models.bundled import BUNDLED_LABEL
+from ..names import BUNDLED_ALIAS, NORMALIZATIONS, REFERENCES, SAMPLE_STATS
 from ..settings import MAX_RUNS, Settings, check_csv, default_of, options
 from ..stats import read_stats, sample_stats
 from ..trace import TAPS, check_text
@@ -161,6 +163,17 @@ def load_allowed(names: Sequence[str | None], settings: Settings = Settings()) -
     }
 
 
+def served_names(allowed: dict[str, LoadedModel]) -> dict[str, str]:
+    """Every name a request may give a served model, mapped to its id: the id itself, and the names a user would
+    type for that model (its hub id or directory as loaded, and `bundled` for the bundled model); an id always
+    names its own model."""
+    names = {}
+    for model_id, handle in allowed.items():
+        typed = [handle.name, *([BUNDLED_ALIAS] if handle.label == f"{BUNDLED_LABEL} (bundled)" else [])]
+        names |= {name: model_id for name in typed if name not in names}
+    return names | {model_id: model_id for model_id in allowed}
+
+
 def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any]:
     """What the page draws for one run or several side by side (run A first): the last run's model, run A's
     tokens and default selection, each run's label, the measures and item tables drawn (those every run has),
@@ -236,6 +249,7 @@ def create_app(
     )
     app.state.served = served
     app.add_middleware(Guard, max_body=MAX_BODY_BYTES)
+    names = served_names(allowed)
 
     @lru_cache(maxsize=CACHE_SIZE)
     def cached(model_id: str, text: str, settings: Settings) -> Analysis:
@@ -256,9 +270,11 @@ def create_app(
 
     def settings_for(request: AnalyzeRequest) -> tuple[str, Settings]:
         """The served model a request names, and its settings (with the statistics it normalizes with)."""
-        model_id = request.model or next(iter(served))
+        model_id = names.get(request.model or next(iter(served)), request.model or "")
         if model_id not in served:
-            raise InputError(f"unknown model {model_id!r}; this server runs: {', '.join(served)}")
+            also = {i: [n for n, to in names.items() if to == i and n != i] for i in served}
+            runs = ", ".join(f"{i} (also {', '.join(also[i])})" if also[i] else i for i in served)
+            raise InputError(f"unknown model {request.model!r}; this server runs: {runs}")
         chosen = request.model_dump(exclude={"text", "model"})
         chosen["stats"] = chosen_stats(request.normalize, request.stats)
         if request.lens is not None and request.lens not in offered_lenses:
@@ -383,6 +399,6 @@ def serve(
         threading.Timer(1.0, webbrowser.open, [url]).start()
     for model in app.state.served.values():
         notes = "".join(f"; {note}" for note in model.notes)
-        print(f"model {model.id!r}: {model.label} ({model.reason}) on {model.device}{notes}", flush=True)
+        print(f"model {model.id!r}: {model_said(model.label, model.reason, model.device)}{notes}", flush=True)
     print(f"attention-encodings: serving {url} (API docs at {url}docs); Ctrl+C stops", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[bound])

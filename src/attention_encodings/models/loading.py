@@ -32,6 +32,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from ..display import byte_piece
 from ..errors import ModelLoadError
 from ..names import BUNDLED_ALIAS, SMOLLM2_ALIAS
 from .adapters import ADAPTERS, Adapter, adapter_for
@@ -93,12 +94,15 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
     def token_texts(self, ids: list[int]) -> list[str]:
-        """Readable text of each vocabulary id; pieces that are partial characters keep their raw form.
-        Each id is decoded once per handle, since a long input's neighbours name thousands of ids."""
+        """Readable text of each vocabulary id; a piece that is not whole characters as its bytes (`<0xE6>`, see
+        `display.byte_piece`). Each id is decoded once per handle, since a long input's neighbours name thousands
+        of ids."""
         missing = sorted(set(ids).difference(self.texts))
         decoded = self.tokenizer.batch_decode([[i] for i in missing], clean_up_tokenization_spaces=False)
         raw = self.tokenizer.convert_ids_to_tokens(missing)
-        self.texts.update((i, text if text and "\ufffd" not in text else piece) for i, text, piece in zip(missing, decoded, raw))
+        self.texts.update(
+            (i, text if text and "\ufffd" not in text else byte_piece(piece)) for i, text, piece in zip(missing, decoded, raw)
+        )
         return [self.texts[i] for i in ids]
 
 

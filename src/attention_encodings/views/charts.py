@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis
-from ..catalog import MEASURES, MeasureInfo, baselines, charted
+from ..catalog import HEAD_MEASURES, MEASURES, MeasureInfo, baselines, charted
+from ..display import shown
 from ..errors import OptionError
 
 SELECTED = "selected"
@@ -75,16 +76,9 @@ def check_figure(measure: str) -> str:
     return measure
 
 
-def readable(text: str) -> str:
-    """A vocabulary item as charts print it: trimmed, or quoted with escapes when it is blank or holds
-    control characters (byte-level vocabularies have them; SVG and PDF cannot carry them)."""
-    trimmed = text.strip()
-    return trimmed if trimmed and trimmed.isprintable() else repr(text)
-
-
 def token_label(index: int, text: str) -> str:
-    """How a token is named in charts: its index and its readable text (`"2 flies"`)."""
-    return f"{index} {readable(text)}"
+    """How a token is named in charts: its index and its text as shown (`"2 ␣flies"`, see `display.shown`)."""
+    return f"{index} {shown(text)}"
 
 
 def default_token(result: Analysis) -> int:
@@ -92,10 +86,22 @@ def default_token(result: Analysis) -> int:
     return next((t.index for t in result.tokens if not t.special), result.tokens[0].index)
 
 
+def predicts_next(result: Analysis) -> bool:
+    """Whether the output head's target at a token is the next token (a causal LM), not the token itself."""
+    targets = result.head_targets
+    return targets is not None and not np.array_equal(targets, [t.id for t in result.tokens])
+
+
 def measures_data(result: Analysis) -> pd.DataFrame:
-    """One row per (token, layer): every measure, the token's label and the name of the step to the next layer."""
+    """One row per (token, layer): every measure, the token's label, the name of the step to the next layer and,
+    where the model has an output head, its `target` as shown (empty where there is none)."""
     frame = result.to_frame()
-    frame["token"] = frame.token.map(readable)
+    frame["token"] = frame.token.map(shown)
+    if result.head_targets is not None:
+        texts = {t.id: t.shown for t in result.tokens}
+        position = {t.index: column for column, t in enumerate(result.tokens)}
+        targets = result.head_targets[frame.token_index.map(position).to_numpy()]
+        frame["target"] = [texts.get(int(target), "") for target in targets]
     frame["label"] = frame.token_index.astype(str) + " " + frame.token
     frame["step"] = frame.layer.astype(str) + "→" + (frame.layer + 1).astype(str)
     return frame
@@ -133,7 +139,7 @@ def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank
             "layer": items.layer,
             "row": items.place.astype(str),
             "order": items.place + len(result.charted) - 1,
-            "text": items.text.map(readable) + "  " + items.score.map("{:.2f}".format),
+            "text": items.text.map(shown) + "  " + items.score.map("{:.2f}".format),
             "shade": items.score,
             "own": items.id.to_numpy() == targets[columns],
         }
@@ -141,7 +147,7 @@ def _table_data(result: Analysis, items: pd.DataFrame, targets: np.ndarray, rank
     frame = measures_data(result)
     n = result.neighbour_ids.shape[2]
     outside = frame[(frame[rank] >= n).fillna(False)]
-    names = {t.id: readable(t.text) for t in result.tokens}
+    names = {t.id: shown(t.text) for t in result.tokens}
     target = pd.Series(targets[outside.token_index.map(position).to_numpy()], index=outside.index, dtype=object)
     own_text = target.map(names) + "  #" + outside[rank].map(str).astype(object)
     if rank == "rank":
@@ -187,14 +193,20 @@ def token_params(result: Analysis, token: int | str | None = None) -> list[alt.P
     ]
 
 
-def _title(text: str, note: str = "") -> alt.Title:
-    """A chart title whose second line names the selected token, following the `selected` parameter."""
-    return alt.Title(alt.expr(f"[{text!r}, 'token ' + {LABELS}[{SELECTED}] + {note!r}]"), anchor="start")
+def _title(text: str, note: str = "", lines: bool = False) -> alt.Title:
+    """A chart title whose second line names the selected token, following the `selected` parameter; with
+    `lines`, it says that token is the one in colour, which a static export needs (its grey lines have no
+    tooltip)."""
+    colour = " (in colour; other tokens grey)" if lines else ""
+    return alt.Title(alt.expr(f"[{text!r}, 'token ' + {LABELS}[{SELECTED}] + {note!r} + {colour!r}]"), anchor="start")
 
 
-def _tooltip(info: MeasureInfo) -> list[alt.Tooltip]:
+def _tooltip(info: MeasureInfo, target: bool = False) -> list[alt.Tooltip]:
+    """A chart's tooltip; with `target`, also what the head ranks (the next token, for a causal LM)."""
+    named = [alt.Tooltip("target:N", title="target (next token)")] if target else []
     return [
         alt.Tooltip("label:N", title="token"),
+        *named,
         alt.Tooltip("layer:O", title="layer"),
         alt.Tooltip(f"{info.column}:Q", title=info.name, format=info.format),
     ]
@@ -204,24 +216,63 @@ def _x(result: Analysis, info: MeasureInfo, cells: bool) -> alt.X:
     """The layer axis of a line chart or (`cells`) a heatmap: layers 0..N, or for a layer-pair measure the steps
     l→l+1, whose labels stand upright in a heatmap, where they are wider than a cell."""
     if info.steps:
-        angle = -90 if cells else 0
-        return alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=alt.Axis(labelAngle=angle))
+        steps = thinned(result.layers[:-1], CELL_TICKS if cells else STEP_TICKS)
+        axis = alt.Axis(labelAngle=-90 if cells else 0, values=[f"{layer}→{layer + 1}" for layer in steps])
+        return alt.X("step:O", sort=alt.SortField("layer"), title="layer l → l+1", axis=axis)
     if cells:
-        return alt.X("layer:O", sort=alt.SortField("layer"), title="layer", axis=alt.Axis(labelAngle=0))
-    return alt.X("layer:Q", title="layer", axis=alt.Axis(values=list(result.layers), format="d"))
+        axis = alt.Axis(labelAngle=0, values=thinned(result.layers, CELL_TICKS))
+        return alt.X("layer:O", sort=alt.SortField("layer"), title="layer", axis=axis)
+    return alt.X("layer:Q", title="layer", axis=alt.Axis(values=thinned(result.layers, LAYER_TICKS), format="d"))
 
 
-def _scale(result: Analysis, info: MeasureInfo, **colour: Any) -> alt.Scale:
-    """A measure's scale, from its definition: symlog or linear, and its fixed domain where it has one."""
+LAYER_TICKS = 16
+"""At most this many labelled layers on a line chart's layer axis (SmolLM2 has 31 layers)."""
+STEP_TICKS = 8
+"""At most this many labelled steps (`0→1`, wider than a layer's number) on a line chart's axis."""
+HEATMAP_WIDTH = 330
+"""A heatmap is at most this wide (its cells narrow for models with many layers), so `--measure all` stays bounded."""
+CELL_TICKS = 16
+"""At most this many labelled layers (or steps) under a heatmap, whose cells narrow with many layers."""
+TABLE_WIDTH = 1800
+"""A table of vocabulary items is at most this wide: with many layers its columns narrow to fit (to a minimum)."""
+
+
+def table_column(layers: int) -> int:
+    """The width of a layer's column in a table of vocabulary items: 108 px, narrowed to keep the table within
+    `TABLE_WIDTH`, to no less than 56."""
+    return max(56, min(108, TABLE_WIDTH // layers))
+
+
+def thinned(layers: tuple[int, ...] | list[int], most: int) -> list[int]:
+    """Every k-th of `layers` from the first, the smallest k that labels at most `most` of them."""
+    return list(layers[:: max(1, -(-len(layers) // most))])
+
+
+def _scale(result: Analysis, info: MeasureInfo, largest: float | None = None, **colour: Any) -> alt.Scale:
+    """A measure's scale, from its definition: symlog or linear, and its fixed domain where it has one; a symlog
+    axis for values up to `largest` runs to the power of ten above them, where its last tick is."""
     details: dict[str, Any] = dict(colour)
     if info.scale == "symlog":
         details |= {"type": "symlog"} if colour else {"type": "symlog", "nice": False}
+        if largest is not None:
+            details["domain"] = [0, symlog_top(largest)]
     elif not colour:
         details["zero"] = False
     bounds = info.bounds(result.settings)
     if bounds is not None:
         details["domain"] = bounds
     return alt.Scale(**details)
+
+
+def tick_format(info: MeasureInfo) -> str:
+    """How a measure's axis and legend label their ticks: counts as integers, other values with no trailing
+    zeros (`0.2`, `1`, `20`), while tooltips and tables keep the measure's own format."""
+    return "d" if info.integer else "~r"
+
+
+def symlog_top(largest: float) -> int:
+    """The power of ten at or above `largest` (at least 1): where a symlog axis ends, so its ticks cover the data."""
+    return 10 ** len(str(max(int(np.ceil(largest)) - 1, 0))) if largest > 1 else 1
 
 
 def _baseline_layers(result: Analysis, info: MeasureInfo, data: alt.NamedData) -> list[alt.Chart]:
@@ -231,14 +282,17 @@ def _baseline_layers(result: Analysis, info: MeasureInfo, data: alt.NamedData) -
     drawn = [b for b in baselines(info.name) if b.name in present]
     bands = {b.band for b in drawn if b.band in present}
     lines = [b for b in drawn if b.name not in bands]
-    labels = [f"{b.title} ± 1 std" if b.band in present else b.title for b in lines]
+    labels = [_baseline_label(b, b.band in present, b.name in result.measures) for b in lines]
     colour = alt.Color(
         "baseline:N",
         scale=alt.Scale(domain=labels, range=list(BASELINE_COLOURS[: len(labels)])),
-        legend=alt.Legend(orient="bottom", title=None, direction="horizontal", symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=2.5),
+        legend=alt.Legend(
+            orient="bottom", title=None, direction="horizontal", symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=2.5,
+            labelLimit=320,
+        ),
     )
     x = _x(result, info, cells=False)
-    y_axis = {"title": info.unit, "scale": _scale(result, info), "axis": alt.Axis(format=info.format)}
+    y_axis = {"title": info.unit, "scale": _scale(result, info), "axis": alt.Axis(format=tick_format(info))}
     layers = []
     for baseline, label, dash in zip(lines, labels, ([6, 3], [2, 2], [8, 2, 2, 2])):
         base = (
@@ -258,13 +312,20 @@ def _baseline_layers(result: Analysis, info: MeasureInfo, data: alt.NamedData) -
     return layers
 
 
+def _baseline_label(baseline: MeasureInfo, band: bool, of_token: bool) -> str:
+    """A baseline's legend entry, saying whose it is (the selected token's, or the text's) and its band."""
+    label = f"{baseline.title} ± 1 std" if band else baseline.title
+    return f"Selected token's {label[0].lower()}{label[1:]}" if of_token else label
+
+
 def measure_axis(info: MeasureInfo, largest: float) -> alt.Axis:
-    """A measure's value axis: its number format and, on a symlog scale, ticks at 0, 1, 10, 100, … up to `largest`
-    (Vega's own ticks on a symlog scale are evenly spaced, so a rank axis would show only 0 and the tens of
-    thousands)."""
+    """A measure's value axis: its tick format and, on a symlog scale, ticks at 0, 1, 10, 100, … up to the power of
+    ten at or above `largest` (Vega's own ticks on a symlog scale are evenly spaced, so a rank axis would show only
+    0 and the tens of thousands)."""
     if info.scale != "symlog":
-        return alt.Axis(format=info.format)
-    return alt.Axis(format=info.format, values=[0] + [10**power for power in range(len(str(max(int(largest), 1))))])
+        return alt.Axis(format=tick_format(info))
+    top = symlog_top(largest)
+    return alt.Axis(format=tick_format(info), values=[0] + [10**power for power in range(len(str(top)))])
 
 
 def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
@@ -273,24 +334,30 @@ def trajectory_chart(result: Analysis, measure: str) -> alt.LayerChart:
     them (see `_baseline_layers`). Reads the `measures` dataset."""
     info = MEASURES[measure]
     field = info.column
-    axis = measure_axis(info, np.max(result.measure(measure).values, initial=1))
-    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info), axis=axis)
+    largest = np.max(result.measure(measure).values, initial=1)
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(result, info, largest), axis=measure_axis(info, largest))
     data = alt.NamedData(MEASURES_DATA)
-    base = alt.Chart(data).encode(x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=_tooltip(info))
+    next_token = measure in HEAD_MEASURES and predicts_next(result)
+    tooltip = _tooltip(info, target=next_token)
+    base = alt.Chart(data).encode(x=_x(result, info, cells=False), y=y, detail="token_index:N", tooltip=tooltip)
     base = base.transform_filter(f"isValid(datum.{field})")
     muted = base.mark_line(color=MUTED, strokeWidth=1.2, opacity=0.55)
     hovered = base.mark_line(color=HOVER, strokeWidth=2.5).transform_filter(f"{_IS_HOVERED} && !({_IS_SELECTED})")
     selected = base.transform_filter(_IS_SELECTED)
     last = selected.transform_window(from_end="row_number()", sort=[alt.SortField("layer", order="descending")])
     last = last.transform_filter("datum.from_end == 1")
+    if next_token:  # the line is the head's rank of the next token: `Fruit → ␣flies`
+        last = last.transform_calculate(line_label="datum.token + ' → ' + datum.target")
     return alt.layer(
         *_baseline_layers(result, info, data),
         muted,
         hovered,
         selected.mark_line(color=ACCENT, strokeWidth=3),
         selected.mark_point(color=ACCENT, filled=True, size=36),
-        last.mark_text(align="left", dx=7, color=ACCENT, fontWeight="bold", fontSize=12).encode(text="token:N"),
-        title=_title(info.titled(result.settings)),
+        last.mark_text(align="left", dx=7, color=ACCENT, fontWeight="bold", fontSize=12).encode(
+            text="line_label:N" if next_token else "token:N"
+        ),
+        title=_title(info.titled(result.settings), ", ranking the next token" if next_token else "", lines=True),
         **LINE_SIZE,
     )
 
@@ -312,8 +379,8 @@ def heatmap(result: Analysis, measure: str, key: str = TOKEN_KEY) -> alt.LayerCh
         ),
     ).transform_filter(f"isValid(datum.{field})")
     cells = base.mark_rect().encode(
-        color=alt.Color(f"{field}:Q", scale=colours, title=measure, legend=alt.Legend(orient="right", format=info.format)),
-        tooltip=_tooltip(info),
+        color=alt.Color(f"{field}:Q", scale=colours, title=None, legend=alt.Legend(orient="right", format=tick_format(info))),
+        tooltip=_tooltip(info, target=measure in HEAD_MEASURES and predicts_next(result)),
     )
     outline = base.mark_rect(fill=None, strokeWidth=2).encode(
         stroke=alt.condition(selected, alt.value(ACCENT), alt.value(HOVER)),
@@ -323,8 +390,8 @@ def heatmap(result: Analysis, measure: str, key: str = TOKEN_KEY) -> alt.LayerCh
     return alt.layer(
         cells,
         outline,
-        title=alt.Title(f"{measure}: every token × layer", anchor="start"),
-        width=22 * len(result.measures[measure].layers),
+        title=alt.Title(f"{info.named}: every token × layer", anchor="start"),
+        width=min(22 * len(result.measures[measure].layers), HEATMAP_WIDTH),
         height=max(120, 15 * rows),
     )
 
@@ -362,13 +429,15 @@ def _item_table(result: Analysis, data: str, key: str, title: str, note: str) ->
     )
     summary = base.transform_filter("!isValid(datum.shade)").mark_rect(color="#f1f3f5", stroke="white")
     own = base.transform_filter("datum.own").mark_rect(fill=None, stroke=ACCENT, strokeWidth=2.5)
-    shown = len(result.charted)
-    strong = f"datum.own || datum.order < {shown}"
+    summaries = len(result.charted)
+    strong = f"datum.own || datum.order < {summaries}"
     text = base.encode(
         text="text:N", color=alt.condition("datum.shade > 0.6", alt.value("white"), alt.value("#212529"))
     )
-    plain = text.transform_filter(f"!({strong})").mark_text(fontSize=11, limit=104)
-    bold = text.transform_filter(strong).mark_text(fontSize=11, limit=104, fontWeight="bold")
+    column = table_column(len(result.layers))
+    size = 11 if column >= 100 else 10
+    plain = text.transform_filter(f"!({strong})").mark_text(fontSize=size, limit=column - 4)
+    bold = text.transform_filter(strong).mark_text(fontSize=size, limit=column - 4, fontWeight="bold")
     n = result.neighbour_ids.shape[2]
     return alt.layer(
         cells,
@@ -377,8 +446,8 @@ def _item_table(result: Analysis, data: str, key: str, title: str, note: str) ->
         plain,
         bold,
         title=_title(title, note),
-        width=108 * len(result.layers),
-        height=18 * (n + shown + 1),
+        width=column * len(result.layers),
+        height=18 * (n + summaries + 1),
     )
 
 
@@ -404,9 +473,9 @@ def _finish(chart: alt.TopLevelMixin, result: Analysis, token: int | str | None)
 
 
 def _charts(result: Analysis, token: int | str | None) -> dict[str, alt.TopLevelMixin]:
-    shown = [m.name for m in result.charted]
-    built = {measure: trajectory_chart(result, measure) for measure in shown}
-    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in shown}
+    names = [m.name for m in result.charted]
+    built = {measure: trajectory_chart(result, measure) for measure in names}
+    built |= {f"{measure}_heatmap": heatmap(result, measure) for measure in names}
     built |= {name: table(result) for name, (_, table) in _tables(result).items()}
     return {name: _finish(chart, result, token) for name, chart in built.items()}
 
@@ -445,9 +514,9 @@ def figure(result: Analysis, measure: str = "all", token: int | str | None = Non
     data = datasets(result)
     if measure != "all":
         return _attach(_finish(trajectory_chart(result, measure), result, token), {MEASURES_DATA: data[MEASURES_DATA]})
-    shown = [m.name for m in result.charted]
-    lines = alt.hconcat(*(trajectory_chart(result, m) for m in shown), spacing=30).resolve_scale(color="independent")
-    maps = alt.hconcat(*(heatmap(result, m) for m in shown), spacing=40).resolve_scale(color="independent")
+    names = [m.name for m in result.charted]
+    lines = alt.hconcat(*(trajectory_chart(result, m) for m in names), spacing=30).resolve_scale(color="independent")
+    maps = alt.hconcat(*(heatmap(result, m) for m in names), spacing=40).resolve_scale(color="independent")
     tables = [table(result) for _, table in _tables(result).values()]
     chart = alt.vconcat(lines, maps, *tables, spacing=36).resolve_scale(color="independent")
     return _attach(_finish(chart, result, token), data)

@@ -155,7 +155,7 @@ def overlay_chart(comparison: Comparison, measure: str) -> alt.LayerChart:
     field = info.column
     widest = max(comparison.runs, key=lambda run: (info.bounds(run.settings) or [0, 0])[1])
     largest = max(np.max(run.measure(measure).values, initial=1) for run in comparison.runs)
-    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(widest, info), axis=measure_axis(info, largest))
+    y = alt.Y(f"{field}:Q", title=info.unit, scale=_scale(widest, info, largest), axis=measure_axis(info, largest))
     base = (
         alt.Chart(alt.NamedData(MEASURES_DATA))
         .transform_filter(f"isValid(datum.{field}) && {is_token(SELECTED, KEY)}")
@@ -195,7 +195,7 @@ def comparison_charts(comparison: Comparison) -> dict[str, alt.TopLevelMixin]:
     head's predictions, where every run has a head)."""
     built: dict[str, alt.TopLevelMixin] = {measure: overlay_chart(comparison, measure) for measure in _measures(comparison)}
     for measure in _measures(comparison):
-        maps = _side_by_side(comparison, partial(heatmap, measure=measure, key=KEY), f"{measure}, every token × layer")
+        maps = _side_by_side(comparison, partial(heatmap, measure=measure, key=KEY), f"{MEASURES[measure].named}, every token × layer")
         built[f"{measure}_heatmap"] = maps.resolve_scale(color="shared")
     built["neighbours"] = _side_by_side(comparison, partial(neighbour_table, key=KEY), "nearest vocabulary items")
     if _heads(comparison):

@@ -191,7 +191,14 @@ function describeModel(model) {
 }
 
 function chipText(token) {
-  return token.text.trim() === "" ? JSON.stringify(token.text) : token.text;
+  // The convention of display.shown: spaces at either end as ␣, unprintable characters escaped.
+  if (token.text === "") return "''";
+  const core = token.text.replace(/^ +| +$/g, "");
+  const ends = token.text.match(/^ */)[0].length;
+  const lead = core === "" ? token.text.length : ends;
+  const trail = core === "" ? 0 : token.text.length - ends - core.length;
+  const escaped = core.replace(/\p{C}/gu, (c) => JSON.stringify(c).slice(1, -1));
+  return "␣".repeat(lead) + escaped + "␣".repeat(trail);
 }
 
 function drawChips(tokens) {
