@@ -33,11 +33,14 @@ from .metrics import (
     embedding_is_word,
     measure,
     normalization,
+    path_taken,
     reference_space,
+    resolve_scan,
     scan,
     token_similarity,
 )
 from .models import DEFAULT_DEVICE, DEFAULT_DTYPE, LoadedModel, load_model
+from .names import DEFAULT_SCAN
 from .settings import DEFAULT_NEIGHBOURS, DEFAULT_TOP_K, Settings
 from .stats import load_stats
 from .trace import DEFAULT_TAP, Encoding, encode, trace
@@ -488,6 +491,16 @@ def model_notes(handle: LoadedModel) -> tuple[str, ...]:
     return tuple(notes)
 
 
+def scan_note(handle: LoadedModel, settings: Settings) -> str:
+    """Which vocabulary product the analysis runs (`settings.scan` on this hardware, for this reference), as said
+    on the model line."""
+    taken = path_taken(settings.scan, handle.device, reference_for(handle, settings.reference))
+    if taken == "float32":
+        return "vocabulary product float32"
+    head = "" if head_lens_for(handle) is None else "; the head lens in float32"
+    return f"vocabulary product bfloat16, checked in float32 where it could change an answer{head}"
+
+
 def missing_head(handle: LoadedModel) -> str:
     """Why the head measures are absent for a model loaded without an output head."""
     return (
@@ -527,6 +540,7 @@ def analyze(
     dtype: str | None = None,
     normalize: str = "none",
     stats: str | os.PathLike[str] | Stats | None = None,
+    scan: str = DEFAULT_SCAN,
 ) -> Analysis:
     """Trace `text` through `model` and measure every token at every layer.
 
@@ -535,12 +549,13 @@ def analyze(
     auto) and `dtype` (float32, float16, bfloat16) say where a model loaded here runs; a handle keeps its own.
     `similarity=True` also measures every token's cosine to every other token at each layer (`Analysis.pair`).
     `normalize` (center, standardize) normalises the tapped vectors and reference rows with `stats`: a
-    `stats.npz` path, `"sample"`, or `Stats` already in memory.
+    `stats.npz` path, `"sample"`, or `Stats` already in memory. `scan` (auto, float32, bfloat16) chooses how the
+    vocabulary product runs; the results are the same (`metrics.lowp`).
     Bad input raises `InputError`; a model that cannot be loaded raises `ModelLoadError`.
     """
     settings, handle = settings_for(
         model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate,
-        similarity=similarity, device=device, dtype=dtype, normalize=normalize,
+        similarity=similarity, device=device, dtype=dtype, normalize=normalize, scan=scan,
         stats=stats.source if isinstance(stats, Stats) else (None if stats is None else os.fspath(stats)),
     )
     return analyze_with(settings, text, handle, progress=progress, stats=stats if isinstance(stats, Stats) else None)
@@ -637,7 +652,8 @@ def measure_texts(
         return None if progress is None else lambda done, total: progress(first * total + done, passes * total)
 
     result = measure(
-        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=part(0)
+        states, token_ids, offsets, space, top_k=settings.top_k, neighbours=settings.neighbours, progress=part(0),
+        precision=resolve_scan(settings.scan, states.device),
     )
     ordinary = ~torch.isin(token_ids, torch.tensor(handle.tokenizer.all_special_ids, device=token_ids.device))
     spans = token_spans(encodings)
@@ -650,7 +666,10 @@ def measure_texts(
     if lens is not None:
         targets = head_targets(handle, encodings)
         n = settings.neighbours
-        found = scan(tapped, targets, offsets, lens, keep=max(n, 1), log_partition=True, progress=part(1))
+        found = scan(
+            tapped, targets, offsets, lens, keep=max(n, 1), log_partition=True, progress=part(1),
+            precision=resolve_scan(settings.scan, tapped.device),
+        )
         values["head_rank"] = found.rank
         head = {
             "head_targets": targets,

@@ -28,6 +28,12 @@ DTYPE_NAMES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 """Precisions the model may run in (the measures stay float32)."""
 DEFAULT_DTYPE = "float32"
 
+SCANS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+"""How the product of the tapped vectors with the vocabulary runs: bfloat16 candidate scores verified in float32
+(the same results; see `metrics.lowp`), or float32 throughout. `auto` takes bfloat16 where the hardware multiplies
+it fast (AMX or AVX-512 BF16 CPUs, CUDA compute capability 8.0 or more)."""
+DEFAULT_SCAN = "auto"
+
 NORMALIZATIONS: tuple[str, ...] = ("none", "center", "standardize")
 """How tapped vectors and reference rows are normalised with corpus statistics before measuring (see
 `metrics.normalize`)."""

@@ -18,11 +18,13 @@ from .names import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     DEFAULT_REFERENCE,
+    DEFAULT_SCAN,
     DEFAULT_TAP,
     DEVICES,
     DTYPE_NAMES,
     NORMALIZATIONS,
     REFERENCES,
+    SCANS,
     SMOLLM2_ALIAS,
     TAPS,
 )
@@ -88,6 +90,13 @@ class Settings:
         open_choices=True,
     )
     dtype: str = _option(DEFAULT_DTYPE, "Model precision (the measures stay float32).", choices=DTYPE_NAMES, web=False)
+    scan: str = _option(
+        DEFAULT_SCAN,
+        "The vocabulary product: bfloat16 candidate scores checked in float32 wherever they could change an answer "
+        "(the same results, faster where the hardware multiplies bfloat16 fast), or float32 throughout; auto: "
+        "bfloat16 on AMX / AVX-512 BF16 CPUs and CUDA compute capability 8.0+.",
+        choices=SCANS,
+    )
     threads: int | None = _option(None, "CPU threads for torch (default: one per usable core).", minimum=1, web=False)
 
     def __post_init__(self) -> None:

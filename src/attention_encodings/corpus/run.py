@@ -19,7 +19,7 @@ from ..analysis import load_for, settings_for
 from ..catalog import MEASURES
 from ..metrics import Stats
 from ..models import LoadedModel
-from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_TAP
+from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_SCAN, DEFAULT_TAP
 from ..settings import DEFAULT_TOP_K, Settings
 from ..stats import read_stats, write_stats
 from . import store, words
@@ -101,6 +101,7 @@ def analyze_corpus(
     ray_address: str | None = None,
     overwrite: bool = False,
     progress: CorpusProgress | None = None,
+    scan: str = DEFAULT_SCAN,
 ) -> CorpusAnalysis:
     """Measure every text of `source` (a path: .txt, .jsonl, .parquet, .conllu; `"-"` for standard input;
     `"sample"` for the bundled UD English-EWT sentences; or an iterable of strings) and write the results to the
@@ -108,10 +109,12 @@ def analyze_corpus(
 
     The measures are `analyze()`'s, computed in padded batches of at most `batch_tokens` tokens; `engine="ray"`
     runs them on Ray Data (a local Ray, or the cluster at `ray_address`). Bad records are skipped and listed in
-    `texts.parquet`; an unusable input raises `InputError` before any work.
+    `texts.parquet`; an unusable input raises `InputError` before any work. `scan` chooses the vocabulary
+    product as in `analyze()`.
     """
     settings, handle = settings_for(
-        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype
+        model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype,
+        scan=scan,
     )
     return run_corpus(
         settings,

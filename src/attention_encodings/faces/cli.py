@@ -253,12 +253,14 @@ def with_settings(
     return decorate
 
 
-def model_line(handle: LoadedModel, threads: int) -> str:
-    """The model in use, why, where it runs and what to know about it, as printed on stderr."""
-    from ..analysis import model_notes
+def model_line(handle: LoadedModel, threads: int, settings: Settings | None = None) -> str:
+    """The model in use, why, where it runs and what to know about it (with `settings`, which vocabulary product
+    runs), as printed on stderr."""
+    from ..analysis import model_notes, scan_note
 
     placement = f"{handle.device}, {str(handle.model.dtype).removeprefix('torch.')}, {threads} thread{'s' if threads > 1 else ''}"
-    notes = "".join(f"; {note}" for note in model_notes(handle))
+    scanned = () if settings is None else (scan_note(handle, settings),)
+    notes = "".join(f"; {note}" for note in (*scanned, *model_notes(handle)))
     return f"model: {handle.label} ({handle.reason}) on {placement}{notes}"
 
 
@@ -270,7 +272,7 @@ def run_analysis(source: str, settings: Settings) -> Analysis:
 
     used = set_threads(settings.threads)
     handle = load_for(settings)
-    typer.echo(model_line(handle, used), err=True)
+    typer.echo(model_line(handle, used, settings), err=True)
     stats = None
     if settings.normalize != "none" and settings.stats == SAMPLE_STATS:
         from ..stats import sample_stats
@@ -439,7 +441,7 @@ def corpus_command(
         result = run_corpus(
             settings, source, out, limit=limit, engine=engine, text_field=text_field, format=input_format,
             batch_tokens=batch_tokens, ray_address=ray_address, overwrite=overwrite, progress=progress,
-            on_model=lambda handle: say(model_line(handle, used)), on_note=lambda note: say(f"note: {note}"),
+            on_model=lambda handle: say(model_line(handle, used, settings)), on_note=lambda note: say(f"note: {note}"),
         )
     manifest = result.manifest
     counts, speed = manifest["counts"], manifest["timing"]["tokens_per_s"]

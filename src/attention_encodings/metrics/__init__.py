@@ -15,6 +15,7 @@ from .measures import (
     scan,
     top_k_overlap,
 )
+from .lowp import LowPrecisionLens, fast_bfloat16, path_taken, resolve_scan
 from .normalize import Normalization, Stats, moment_sums, normalization
 from .reference import (
     EmbeddingReference,
@@ -36,6 +37,7 @@ __all__ = [
     "EmbeddingReference",
     "HeadLens",
     "Lens",
+    "LowPrecisionLens",
     "Measures",
     "Normalization",
     "Progress",
@@ -47,11 +49,14 @@ __all__ = [
     "blocked_top_k",
     "check_reference",
     "embedding_is_word",
+    "fast_bfloat16",
     "measure",
     "moment_sums",
     "normalization",
     "padded_rows",
+    "path_taken",
     "reference_space",
+    "resolve_scan",
     "row_mean_std",
     "scan",
     "token_similarity",

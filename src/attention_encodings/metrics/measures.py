@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import lowp
 from .lens import ROW_FLOATS, Lens
 from .reference import ReferenceSpace
 
@@ -92,11 +93,19 @@ def scan(
     log_partition: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
+    precision: str = "float32",
+    ordered: int | None = None,
 ) -> Scan:
     """Score `states` (N+1, T, h) through `lens` and keep, per (layer, token), the target's score and rank,
     the `keep` best items, with `spread` the mean and standard deviation of all V scores, and with
     `log_partition` each row's logsumexp (one more pass over the scores). `targets` (T,) are vocabulary ids, -1
-    for none; `offsets` (T, e) pass to the lens."""
+    for none; `offsets` (T, e) pass to the lens.
+
+    `precision` "bfloat16" takes the low-precision scan (`lowp`) where the lens offers it, with the same
+    results; there only the first `ordered` (default: all `keep`) top items come with their scores, best first,
+    and the rest of the `keep` as an exact set whose scores are NaN."""
+    if precision == "bfloat16" and lowp.supports(lens, log_partition):
+        return _low_scan(states, targets, offsets, lens, keep, spread, chunk_bytes, progress, ordered)
     layers, tokens, _ = states.shape
     vocab = lens.vocab_size
     width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
@@ -140,6 +149,57 @@ def scan(
     )
 
 
+def _low_scan(
+    states: Tensor,
+    targets: Tensor,
+    offsets: Tensor,
+    lens: lowp.LowPrecisionLens,
+    keep: int,
+    spread: bool,
+    chunk_bytes: int,
+    progress: Progress | None,
+    ordered: int | None,
+) -> Scan:
+    """`scan` through the low-precision product, in chunks of tokens whose bfloat16 and float32 scores fit
+    `chunk_bytes`."""
+    layers, tokens, h = states.shape
+    vocab = lens.vocab_size
+    width = -(-vocab // ROW_FLOATS) * ROW_FLOATS
+    step = -(-tokens // min(tokens, -(-tokens * layers * width * 2 // chunk_bytes)))
+    block = torch.full((step * layers, width), -torch.inf, dtype=torch.bfloat16, device=states.device)
+    by_token = states.transpose(0, 1)
+    has_target = targets >= 0
+    pieces: list[lowp.Chunk] = []
+    for start in range(0, tokens, step):
+        stop = min(tokens, start + step)
+        found = lowp.scan_rows(
+            lens,
+            by_token[start:stop].reshape(-1, h),
+            offsets[start:stop].repeat_interleave(layers, dim=0),
+            targets[start:stop].clamp_min(0).repeat_interleave(layers),
+            keep=keep,
+            ordered=keep if ordered is None else min(ordered, keep),
+            spread=spread,
+            buffer=block,
+        )
+        pieces.append(found)
+        if progress is not None:
+            progress(stop, tokens)
+
+    def joined(name: str) -> Tensor:
+        part = torch.cat([getattr(piece, name) for piece in pieces])
+        return part.view(tokens, layers, *part.shape[1:]).transpose(0, 1)
+
+    return Scan(
+        own=joined("own").masked_fill(~has_target, torch.nan),
+        rank=joined("rank").masked_fill(~has_target, -1),
+        top_values=joined("values"),
+        top_ids=joined("ids"),
+        mean=joined("mean") if spread else None,
+        std=joined("std") if spread else None,
+    )
+
+
 def row_mean_std(scores: Tensor) -> tuple[Tensor, Tensor]:
     """The mean and population standard deviation (float32) of each row of `scores` (..., V), in two read passes
     (a row sum and a row norm, which vectorise; `torch.var_mean` runs about ten times slower here), with the
@@ -164,11 +224,13 @@ def measure(
     neighbours: int,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress | None = None,
+    precision: str = "float32",
 ) -> Measures:
     """Cosine, rank, top-k overlap, neighbours and the vocabulary baseline (mean, std, z-score) of `states`
     (N+1, T, h) for tokens `token_ids` (T,).
 
-    `offsets` (T, e) are the tokens' slot offsets, passed through to the reference space.
+    `offsets` (T, e) are the tokens' slot offsets, passed through to the reference space; `precision` chooses
+    the product (`scan`).
     """
     found = scan(
         states,
@@ -179,6 +241,8 @@ def measure(
         spread=True,
         chunk_bytes=chunk_bytes,
         progress=progress,
+        precision=precision,
+        ordered=neighbours,
     )
     return Measures(
         cosine=found.own,

@@ -21,6 +21,8 @@ into the one the space already applies, so still nothing is built per slot.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -28,6 +30,7 @@ from ..errors import InputError, OptionError
 from ..models import EmbeddingParts
 from ..names import REFERENCES
 from .lens import Lens, padded_rows
+from .lowp import LowPrecisionLens, gamma
 from .normalize import Normalization
 
 _TINY = 1e-12
@@ -45,8 +48,12 @@ class ReferenceSpace(Lens):
     each token's slot."""
 
 
-class WordReference(ReferenceSpace):
-    """`R[v] = E[v]`: the raw word embeddings, with no position or LayerNorm (normalised: (E[v] − shift) · gain)."""
+class WordReference(ReferenceSpace, LowPrecisionLens):
+    """`R[v] = E[v]`: the raw word embeddings, with no position or LayerNorm (normalised: (E[v] − shift) · gain).
+
+    It offers the low-precision scan (`lowp`): its scores are x̂·r̂_v of unit rows, so the bound is the module's
+    with ‖x‖, ‖r_v‖ ≈ 1, and the vocabulary mean and spread are x̂·m and √(x̂ᵀCx̂) for the mean m and covariance
+    C of the unit rows, computed once."""
 
     name = "word"
 
@@ -67,8 +74,51 @@ class WordReference(ReferenceSpace):
 
     def scores(self, states: Tensor, offsets: Tensor, out: Tensor | None = None) -> Tensor:
         t, r, h = states.shape
-        unit = states.float() / states.float().norm(dim=-1, keepdim=True).clamp_min(_TINY)
-        return _gemm(unit.reshape(t * r, h), self.unit_t, out).view(t, r, -1)
+        return _gemm(self.rows(states.reshape(t * r, h), offsets), self.unit_t, out).view(t, r, -1)
+
+    def rows(self, states: Tensor, offsets: Tensor) -> Tensor:
+        x = states.float()
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(_TINY)
+
+    @functools.cached_property
+    def _low(self) -> tuple[Tensor, Tensor, tuple[float, float, float], Tensor, Tensor]:
+        """Built on first use: the unit rows (V, h) float32 and their bfloat16 transpose; the largest ‖r_v‖,
+        ‖r′_v − r_v‖ and ‖r′_v‖; the mean m and covariance C of the unit rows (sums of SPREAD_BLOCK rows in
+        float32, added in float64)."""
+        unit = self.unit_t.T.contiguous()
+        low = unit.bfloat16()
+        largest = (
+            float(unit.double().norm(dim=-1).max()),
+            float((low.double() - unit.double()).norm(dim=-1).max()),
+            float(low.double().norm(dim=-1).max()),
+        )
+        mean = unit.double().mean(dim=0)
+        covariance = torch.zeros(unit.shape[1], unit.shape[1], dtype=torch.float64, device=unit.device)
+        for block in (unit - mean.float()).split(4096):
+            covariance += (block.T @ block).double()
+        return unit, low.T.contiguous(), largest, mean.float(), (covariance / len(unit)).float()
+
+    def low_scores(self, rows: Tensor, out: Tensor) -> Tensor:
+        return torch.mm(rows.bfloat16(), self._low[1], out=out)
+
+    def bound(self, rows: Tensor) -> Tensor:
+        r1, dr, r_low = self._low[2]
+        x = rows.double()
+        x_low = rows.bfloat16().double()
+        dx, norm, norm_low = (x_low - x).norm(dim=-1), x.norm(dim=-1), x_low.norm(dim=-1)
+        h = rows.shape[-1]
+        return (dx * r1 + norm * dr + dx * dr + gamma(2 * h) * norm_low * r_low + gamma(h) * norm * r1) * (1 + 1e-6)
+
+    def exact(self, rows: Tensor, ids: Tensor) -> Tensor:
+        return (rows * self._low[0].index_select(0, ids)).sum(dim=-1)
+
+    def exact_block(self, rows: Tensor, ids: Tensor) -> Tensor:
+        return rows @ self._low[0].index_select(0, ids).T
+
+    def spread(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        mean, covariance = self._low[3], self._low[4]
+        variance = ((rows @ covariance) * rows).sum(dim=-1).clamp_min(0)
+        return rows @ mean, variance.sqrt()
 
 
 class EmbeddingReference(ReferenceSpace):
