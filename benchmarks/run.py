@@ -6,6 +6,7 @@
     python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model
     python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
     python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
+    python benchmarks/run.py --only scan      # only case 10, --scan bfloat16 against float32, side by side
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -215,21 +216,21 @@ def corpus_texts(sentences: int, handle: LoadedModel) -> list[str]:
     return [t for t in texts if len(handle.tokenizer(t)["input_ids"]) <= handle.max_tokens][:sentences]
 
 
-def batched_floor(handle: LoadedModel, texts: list[str]) -> Callable[[], object]:
+def batched_floor(handle: LoadedModel, texts: list[str], dtype: torch.dtype = torch.float32) -> Callable[[], object]:
     """The floor of corpus mode, to be timed: for each batch corpus mode forms, one padded forward pass with
     `output_hidden_states=True`, and the GEMM of every tapped row (layers × the batch's real tokens) against the
-    vocabulary, in `floor()`'s layout."""
+    vocabulary, in `floor()`'s layout, in `dtype` (bfloat16: the floor of the low-precision scan)."""
     settings = Settings(model=handle.name, neighbours=0)
     source = read_source(texts)
     _, batches = plan(handle, settings, source, DEFAULT_BATCH_TOKENS)
-    vocabulary = handle.model.get_input_embeddings().weight.detach().float().T.contiguous()
+    vocabulary = handle.model.get_input_embeddings().weight.detach().float().T.contiguous().to(dtype)
     rows_most = (handle.num_layers + 1) * max(b.tokens for b in batches)
-    buffer = padded_rows(rows_most, vocabulary.shape[1], handle.device)
+    buffer = padded_rows(rows_most, vocabulary.shape[1], handle.device).to(dtype)
     """One score buffer for every batch, as the analysis reuses one (per-batch buffers would hold the whole corpus)."""
     work = []
     for batch in batches:
         encodings = [encode(handle, t) for t in batch.texts]
-        tapped = trace(handle, encodings, taps=("resid_mid",)).packed("resid_mid").float()
+        tapped = trace(handle, encodings, taps=("resid_mid",)).packed("resid_mid").to(dtype)
         rows = tapped.reshape(-1, tapped.shape[-1])
         lengths = torch.tensor([len(e) for e in encodings])
         mask = (torch.arange(int(lengths.max()))[None] < lengths[:, None]).long().to(handle.device)
@@ -272,6 +273,55 @@ def corpus_case(handle: LoadedModel, shape: Shape, figures: list[Figure], device
         figures.append(Figure(f"7. corpus mode: peak RSS above the loaded model, {size} sentences", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB", detail))
 
 
+def scan_case(handle: LoadedModel, corpus_handle: LoadedModel, shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 10: `--scan bfloat16` against `--scan float32`, side by side in the same rounds: the long input's
+    analysis (word and embedding) against the float32 floor and the bfloat16 floor (forward + bfloat16 GEMM);
+    corpus mode (word reference) against float32 and against its batched bfloat16 floor; the peak RSS of each
+    long analysis in a fresh process; a cold `--help`."""
+    name = label(handle)
+    forward, gemm, tokens = floor(handle, long_text(shape.long_tokens))
+    low = gemm.args[0].bfloat16(), gemm.args[1].bfloat16()
+    low_out = torch.empty(low[0].shape[0], gemm.keywords["out"].stride(0), dtype=torch.bfloat16)[:, : low[1].shape[1]]
+    text = long_text(shape.long_tokens)
+    runs: dict[str, Callable[[], object]] = {"forward": forward, "gemm float32": gemm,
+                                             "gemm bfloat16": partial(torch.mm, *low, out=low_out)}
+    for reference in REFERENCES:
+        for path in ("float32", "bfloat16"):
+            runs[f"{reference} {path}"] = partial(analyze, text, handle, reference=reference, scan=path, truncate=True)
+    seconds = timed_together(runs, shape.repeats, handle.device)
+    floors = {"float32": seconds["forward"] + seconds["gemm float32"], "bfloat16": seconds["forward"] + seconds["gemm bfloat16"]}
+    figures.append(Figure(f"10. floor float32, {tokens} tokens", name, floors["float32"] * 1e3, "ms", "forward + float32 GEMM"))
+    figures.append(Figure(f"10. floor bfloat16, {tokens} tokens", name, floors["bfloat16"] * 1e3, "ms", "forward + bfloat16 GEMM"))
+    figures.append(Figure("10. GEMM float32 / bfloat16", name, seconds["gemm float32"] / seconds["gemm bfloat16"], "×"))
+    for reference in REFERENCES:
+        for path in ("float32", "bfloat16"):
+            whole = seconds[f"{reference} {path}"]
+            figures.append(Figure(f"10. {reference}, --scan {path}", name, whole * 1e3, "ms", f"whole analysis, {tokens} tokens"))
+            for against in ("float32", "bfloat16"):
+                figures.append(Figure(f"10. {reference}, --scan {path} / {against} floor", name, whole / floors[against], "×"))
+    texts = corpus_texts(shape.corpus_sentences, corpus_handle)
+    count = sum(len(encode(corpus_handle, t)) for t in texts)
+    with tempfile.TemporaryDirectory() as folder:
+        def corpus_run(path: str) -> Callable[[], object]:
+            return lambda: analyze_corpus(texts, Path(tempfile.mkdtemp(dir=folder)) / "out", corpus_handle,
+                                          reference="word", scan=path, overwrite=True)
+        corpus = timed_together({"float32": corpus_run("float32"), "bfloat16": corpus_run("bfloat16"),
+                                 "floor float32": batched_floor(corpus_handle, texts),
+                                 "floor bfloat16": batched_floor(corpus_handle, texts, torch.bfloat16)},
+                                max(1, shape.repeats // 4), corpus_handle.device)
+    corpus_name = label(corpus_handle)
+    detail = f"{len(texts)} sample sentences, {count} tokens, word reference"
+    for path in ("float32", "bfloat16"):
+        figures.append(Figure(f"10. corpus mode, --scan {path}", corpus_name, count / corpus[path], "tokens/s", detail))
+    figures.append(Figure("10. corpus mode, speed-up of bfloat16 over float32", corpus_name, corpus["float32"] / corpus["bfloat16"], "×"))
+    figures.append(Figure("10. corpus mode, bfloat16 / its batched bfloat16 floor", corpus_name, corpus["bfloat16"] / corpus["floor bfloat16"], "×"))
+    figures.append(Figure("10. corpus mode, float32 / its batched float32 floor", corpus_name, corpus["float32"] / corpus["floor float32"], "×"))
+    for case, found in peak_rss(shape, ("word:float32", "word:bfloat16", "embedding:bfloat16"), device).items():
+        figures.append(Figure(f"10. peak RSS above the loaded model, {case}", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB", f"{tokens} tokens, fresh process"))
+    helps = [cold_start(["--help"])[1] for _ in range(shape.cold_runs)]
+    figures.append(Figure("10. cold --help", "", statistics.median(helps) * 1e3, "ms", f"median of {shape.cold_runs}"))
+
+
 def corpus_rss(shape: Shape, sentences: int, device: str) -> dict[str, int]:
     """Memory of one corpus run of `sentences` sample sentences, measured in a fresh interpreter."""
     done = subprocess.run(
@@ -301,7 +351,11 @@ def rss_child(shape: Shape, case: str, device: str) -> None:
     model_rss = resident_kib("VmRSS")
     reset = reset_peak()
     text = SEED if case == "seed" else long_text(shape.long_tokens)
-    analyze(text, handle, truncate=True)
+    reference, _, scan_path = case.partition(":")  # "word:bfloat16": case 10's long input, that reference and scan
+    if scan_path:
+        analyze(text, handle, reference=reference, scan=scan_path, truncate=True)
+    else:
+        analyze(text, handle, truncate=True)
     print(json.dumps({"model_kib": model_rss, "peak_kib": resident_kib("VmHWM"), "peak_reset": reset}))
 
 
@@ -633,9 +687,10 @@ def main() -> None:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument(
-        "--only", choices=("corpus", "head", "baselines"), help="run only this case (corpus: 7; head: 8; baselines: 9)"
+        "--only", choices=("corpus", "head", "baselines", "scan"),
+        help="run only this case (corpus: 7; head: 8; baselines: 9; scan: 10)",
     )
-    parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -670,6 +725,8 @@ def main() -> None:
         head_lens_cost(shape, figures, args.device)
     if args.only in (None, "baselines"):
         baselines_cost(handle, shape, figures)
+    if args.only in (None, "scan"):
+        scan_case(handle, models[-1], shape, figures, args.device)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))

@@ -36,8 +36,11 @@ def stats_file(tmp_path_factory, bundled, bundled_stats):
     return make
 
 
-def _check_normalized(handle, stats_path, text, tap, reference, normalize, top_k=20, n=7):
-    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n, normalize=normalize, stats=stats_path)
+def _check_normalized(handle, stats_path, text, tap, reference, normalize, top_k=20, n=7, scan="auto"):
+    result = analyze(
+        text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n, normalize=normalize, stats=stats_path,
+        scan=scan,
+    )
     with np.load(stats_path) as data:
         mean, std = data["mean"], data["std"]
     states = trace(handle, encode(handle, text)).states(tap)
@@ -49,18 +52,19 @@ def _check_normalized(handle, stats_path, text, tap, reference, normalize, top_k
 
 
 NORMALIZED = [
-    (family, reference, normalize)
+    (family, reference, normalize, scan)
     for family in ("roberta", "bert", "distilbert", "electra", "gpt2", "llama")
     for reference in ("embedding", "word")
     for normalize in ("center", "standardize")
+    for scan in (("float32", "bfloat16") if reference == "word" else ("auto",))  # embedding: float32 either way
     if not (family == "electra" and reference == "word")
 ]
 
 
-@pytest.mark.parametrize(("family", "reference", "normalize"), NORMALIZED)
-def test_normalized_tiny_models_match_the_definitions(tiny_dirs, stats_file, family, reference, normalize):
+@pytest.mark.parametrize(("family", "reference", "normalize", "scan"), NORMALIZED)
+def test_normalized_tiny_models_match_the_definitions(tiny_dirs, stats_file, family, reference, normalize, scan):
     handle = load_model(str(tiny_dirs[family]))
-    _check_normalized(handle, stats_file(handle), CORPUS[2], "resid_mid", reference, normalize)
+    _check_normalized(handle, stats_file(handle), CORPUS[2], "resid_mid", reference, normalize, scan=scan)
 
 
 @pytest.mark.parametrize("tap", ["resid_mid", "attn_ln", "resid_post"])
@@ -69,9 +73,14 @@ def test_normalized_taps_match_the_definitions(tiny_roberta, stats_file, tap):
     _check_normalized(handle, stats_file(handle, tap), SEED, tap, "embedding", "standardize")
 
 
-@pytest.mark.parametrize(("reference", "normalize"), [("embedding", "standardize"), ("word", "center")])
-def test_normalized_bundled_model_matches_the_definitions(bundled, stats_file, reference, normalize):
-    result = _check_normalized(bundled, stats_file(bundled), SEED, "resid_mid", reference, normalize, top_k=100, n=15)
+@pytest.mark.parametrize(
+    ("reference", "normalize", "scan"),
+    [("embedding", "standardize", "auto"), ("word", "center", "float32"), ("word", "center", "bfloat16")],
+)
+def test_normalized_bundled_model_matches_the_definitions(bundled, stats_file, reference, normalize, scan):
+    result = _check_normalized(
+        bundled, stats_file(bundled), SEED, "resid_mid", reference, normalize, top_k=100, n=15, scan=scan
+    )
     if reference == "embedding":  # the token's own normalised row is still its normalised layer-0 vector
         assert result.cosine.values[0] == pytest.approx(1.0, abs=1e-5)
         assert (result.rank.values[0] == 0).all()

@@ -26,10 +26,10 @@ SMOLLM2_LAYERS = (slice(0, 4), slice(27, 31))
 """The runs of consecutive layers of SmolLM2's 31 that are checked against the plain loop: the first and the last."""
 
 
-def _check(handle, text, tap, reference, top_k=20, n=5, windows=(slice(None),)):
+def _check(handle, text, tap, reference, top_k=20, n=5, windows=(slice(None),), scan="auto"):
     """Every measure of `analyze()` equals its plain computation, the head lens included, on each run of
     consecutive layers in `windows` (all layers by default)."""
-    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n)
+    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n, scan=scan)
     encoding = encode(handle, text)
     states = trace(handle, encoding).states(tap)
     causal = handle.adapter.objective == "causal"
@@ -51,11 +51,11 @@ def _layers_of(data: dict, layers: slice) -> dict:
     return data | per_layer | {"overlap": data["overlap"][start : stop - 1]}
 
 
-@pytest.mark.parametrize("reference", ["embedding", "word"])
+@pytest.mark.parametrize(("reference", "scan"), [("embedding", "auto"), ("word", "float32"), ("word", "bfloat16")])
 @pytest.mark.parametrize("tap", TAPS)
 @pytest.mark.parametrize("family", HEADED)
-def test_tiny_heads_match_the_definitions(tiny_dirs, family, tap, reference):
-    _check(load_model(str(tiny_dirs[family])), SEED, tap, reference)
+def test_tiny_heads_match_the_definitions(tiny_dirs, family, tap, reference, scan):
+    _check(load_model(str(tiny_dirs[family])), SEED, tap, reference, scan=scan)
 
 
 @pytest.mark.parametrize("tap", TAPS)

@@ -12,22 +12,30 @@ from attention_encodings.analysis import reference_for
 from attention_encodings.metrics import ROW_FLOATS, anisotropy, blocked_top_k, measure, token_similarity, top_k_overlap
 from attention_encodings.trace import encode, trace
 
-CASES = [(family, reference) for family in FAMILIES for reference in ("embedding", "word") if family != "electra"]
-CASES.append(("electra", "embedding"))
+SCANS = ("float32", "bfloat16")
+"""The word reference runs either product (`metrics.lowp`); the embedding reference runs float32 under both."""
+CASES = [
+    (family, reference, scan)
+    for family in FAMILIES
+    for reference in ("embedding", "word")
+    for scan in (SCANS if reference == "word" else ("auto",))
+    if family != "electra"
+]
+CASES.append(("electra", "embedding", "auto"))
 
 
-def _check(handle, text, tap, reference, top_k, n):
-    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n)
+def _check(handle, text, tap, reference, top_k, n, scan="auto"):
+    result = analyze(text, handle, tap=tap, reference=reference, top_k=top_k, neighbours=n, scan=scan)
     encoding = encode(handle, text)
     states = trace(handle, encoding).states(tap)
     assert_matches_plain(result.to_dict(), plain_measures(handle, encoding, states, reference, top_k, n), top_k)
     return result
 
 
-@pytest.mark.parametrize(("family", "reference"), CASES)
-def test_tiny_models_match_the_definitions(tiny_dirs, family, reference):
+@pytest.mark.parametrize(("family", "reference", "scan"), CASES)
+def test_tiny_models_match_the_definitions(tiny_dirs, family, reference, scan):
     handle = load_model(str(tiny_dirs[family]))
-    _check(handle, CORPUS[3], "resid_mid", reference, top_k=20, n=7)
+    _check(handle, CORPUS[3], "resid_mid", reference, top_k=20, n=7, scan=scan)
 
 
 @pytest.mark.parametrize("tap", ["resid_mid", "attn_ln", "resid_post"])
@@ -35,9 +43,9 @@ def test_every_tap_matches_the_definitions(tiny_roberta, tap):
     _check(load_model(str(tiny_roberta)), SEED, tap, "embedding", top_k=25, n=5)
 
 
-@pytest.mark.parametrize("reference", ["embedding", "word"])
-def test_bundled_model_matches_the_definitions(bundled, reference):
-    result = _check(bundled, SEED, "resid_mid", reference, top_k=100, n=15)
+@pytest.mark.parametrize(("reference", "scan"), [("embedding", "auto"), ("word", "float32"), ("word", "bfloat16")])
+def test_bundled_model_matches_the_definitions(bundled, reference, scan):
+    result = _check(bundled, SEED, "resid_mid", reference, top_k=100, n=15, scan=scan)
     if reference == "embedding":
         assert result.cosine.values[0] == pytest.approx(1.0, abs=1e-5)
         assert (result.rank.values[0] == 0).all()

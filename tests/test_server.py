@@ -37,7 +37,7 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
     assert info["defaults"] == {
         "tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False,
-        "normalize": "none", "stats": None
+        "normalize": "none", "stats": None, "scan": "auto"
     }
     assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == []
     assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]
@@ -64,6 +64,14 @@ def test_analyze_mirrors_every_argument(client, tiny_roberta):
     expected = analyze(CORPUS[1], load_model(str(tiny_roberta)), "attn_ln", "word", 7, 3)
     assert data == json.loads(expected.to_json())
     assert (data["tap"], data["reference"], data["top_k"], len(data["neighbours"][0][0])) == ("attn_ln", "word", 7, 3)
+
+
+@pytest.mark.parametrize("scan", ["float32", "bfloat16"])
+def test_a_request_chooses_the_scan_and_the_answer_is_the_same(client, bundled, scan):
+    data = client.post("/api/analyze", json={"text": SEED, "reference": "word", "scan": scan}).json()
+    assert data == json.loads(analyze(SEED, bundled, reference="word", scan=scan).to_json())
+    full = json.loads(analyze(SEED, bundled, reference="word", scan="float32").to_json())
+    assert (data["rank"], data["overlap"]) == (full["rank"], full["overlap"])
 
 
 def test_csv_is_the_tidy_table(client, bundled):
@@ -199,7 +207,7 @@ def test_page_vega_and_docs_need_no_cdn(client):
     schema = client.get("/openapi.json").json()
     assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
-    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "normalize", "stats"}
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "normalize", "stats", "scan"}
 
 
 def test_models_are_loaded_once_and_shared(bundled):

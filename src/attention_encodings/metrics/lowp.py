@@ -22,6 +22,11 @@ Equal up to float32's rounding: the float32 path's GEMM and `exact` sum x·r_v i
 γ_h‖x‖‖r_v‖ of the exact value, so an item whose float32 score is within 2γ_h of the target's (at most 9.2e-5
 for h = 768 and unit rows; about √h·u = 1.7e-6 in practice) may be counted by one path and not the other.
 Beyond that the rank, top-k ids, their float32 cosines and hence the overlap are identical.
+
+The word reference offers this scan. The embedding reference does not yet: its spread over V needs every score
+to float32 accuracy (bfloat16's output rounding alone moves a std by ~1e-5, and the Gram that would avoid it is
+d × d per slot), nor does the head lens, whose log-partition needs every logit; both scan in float32 under
+every setting, and the model line says so.
 """
 
 from __future__ import annotations
