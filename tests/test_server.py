@@ -37,7 +37,7 @@ def test_models_lists_the_allowed_models_first_one_default(client, tiny_roberta)
     assert info["taps"] == ["resid_mid", "attn_ln", "resid_post"] and info["references"] == ["embedding", "word"]
     assert info["defaults"] == {
         "tap": "resid_mid", "reference": "embedding", "top_k": 100, "neighbours": 15, "similarity": False,
-        "normalize": "none", "stats": None, "scan": "auto"
+        "normalize": "none", "stats": None, "scan": "float32"
     }
     assert info["normalizations"] == ["none", "center", "standardize"] and info["stats"] == []
     assert [m["name"] for m in info["measures"]] == ["cosine", "rank", "overlap", "vocab_mean", "vocab_std", "zscore", "head_rank"]

@@ -93,8 +93,8 @@ class Settings:
     scan: str = _option(
         DEFAULT_SCAN,
         "The vocabulary product: bfloat16 candidate scores checked in float32 wherever they could change an answer "
-        "(the same results, faster where the hardware multiplies bfloat16 fast), or float32 throughout; auto: "
-        "bfloat16 on AMX / AVX-512 BF16 CPUs and CUDA compute capability 8.0+.",
+        "(the same results), or float32 throughout; auto: bfloat16 on AMX / AVX-512 BF16 CPUs and CUDA compute "
+        "capability 8.0+. Default float32: the checks do not yet cost less than the bfloat16 product saves.",
         choices=SCANS,
     )
     threads: int | None = _option(None, "CPU threads for torch (default: one per usable core).", minimum=1, web=False)
