@@ -684,7 +684,7 @@ def attribution_cost(models: list[LoadedModel], figures: list[Figure], repeats: 
             "ablation": partial(head_ablation_ranks, handle, blocks, settings.tap, rows, space, None, encoding.input_ids, offsets),
         }
         seconds = timed_together(runs, repeats, handle.device)
-        model, case = label(handle).split(",")[0], f"10. attribution, seed sentence ({len(encoding)} tokens)"
+        model, case = label(handle).split(",")[0], f"11. attribution, seed sentence ({len(encoding)} tokens)"
         vectors = handle.num_layers * blocks.heads.shape[1] * len(encoding)
         figures.append(Figure(f"{case}: analysis, attribution off", model, seconds["off"] * 1e3, "ms"))
         figures.append(Figure(f"{case}: analysis, attribution on", model, seconds["on"] * 1e3, "ms"))
@@ -737,7 +737,7 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
         if speedup is not None:
             checks.append((f"speed-up over the naive loop, {reference}", speedup, "≥ 10", speedup >= 10))
     for model, limit in ((shape.name, 3.0), ("all-MiniLM-L6-v2", 1.0)):
-        tokens = next((f.case for f in figures if f.case.startswith("10. ") and f.model == model), None)
+        tokens = next((f.case for f in figures if f.case.startswith("11. ") and f.model == model), None)
         if tokens is None:
             continue
         case = tokens.split(":")[0]

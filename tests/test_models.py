@@ -149,7 +149,7 @@ def test_smollm2_first_run_prints_only_its_model_line(smollm2_first_run):
     """Dequantising the GGUF draws no bars of transformers' own: stderr is the model line alone."""
     assert smollm2_first_run.returncode == 0, smollm2_first_run.stderr.decode()
     lines = smollm2_first_run.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF (named ")
+    assert len(lines) == 1 and lines[0].startswith("model: SmolLM2-135M-Instruct, dequantised from a 4-bit GGUF, named ")
     assert "dequantised now and cached at" in lines[0]
 
 

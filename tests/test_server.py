@@ -216,7 +216,7 @@ def test_page_vega_and_docs_need_no_cdn(client):
     schema = client.get("/openapi.json").json()
     assert {"/api/analyze", "/api/analyze/csv", "/api/charts", "/api/compare", "/api/models"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["AnalyzeRequest"]["properties"]
-    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "attribution", "normalize", "stats"}
+    assert set(fields) == {"text", "model", "tap", "reference", "top_k", "neighbours", "similarity", "attribution", "normalize", "stats", "lens"}
 
 
 def test_models_are_loaded_once_and_shared(bundled):

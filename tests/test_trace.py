@@ -67,7 +67,8 @@ def test_adapter_positions_and_types_are_the_models_own(tiny_dirs, family):
 @pytest.mark.parametrize("family", [*FAMILIES, "minilm"])
 def test_a_padded_batch_traces_each_text_as_alone(tiny_dirs, bundled, family):
     """Texts of different lengths traced together (padded, with an attention mask) give each text's own
-    states, and only the taps asked for are captured."""
+    states (to float32 rounding: masked attention over padding rounds differently from unmasked, by about 1e-5 of
+    a state's size), and only the taps asked for are captured."""
     handle = _handles(tiny_dirs, bundled)[family]
     texts = [CORPUS[1], SEED, "Fruit flies."]
     encodings = [encode(handle, text) for text in texts]
@@ -78,7 +79,8 @@ def test_a_padded_batch_traces_each_text_as_alone(tiny_dirs, bundled, family):
     for item, encoding in enumerate(encodings):
         alone = trace(handle, encoding)
         for tap in ("resid_mid", "resid_post"):
-            assert torch.allclose(batch.states(tap, item), alone.states(tap), atol=1e-5), (tap, item)
+            together, single = batch.states(tap, item), alone.states(tap)
+            assert torch.all((together - single).norm(dim=-1) <= 1e-5 * single.norm(dim=-1)), (tap, item)
     packed = batch.packed("resid_mid")
     assert packed.shape[1] == sum(len(e) for e in encodings)
     assert torch.equal(packed[:, len(encodings[0]) : len(encodings[0]) + len(encodings[1])], batch.states("resid_mid", 1))

@@ -82,7 +82,7 @@ def test_neighbour_table_marks_the_token_and_shows_its_rank_when_outside(seed_re
 
 
 def test_figures_and_bad_names(seed_result):
-    assert FIGURES == ("cosine", "rank", "overlap", "zscore", "head_rank", "all")
+    assert FIGURES == ("cosine", "rank", "overlap", "zscore", "head_rank", "tuned_rank", "tuned_kl", "probe_cosine", "probe_rank", "all")
     for measure in (*(m.name for m in seed_result.charted), "all"):
         assert figure(seed_result, measure, 8).to_dict()["params"][0]["value"] == 8
     with pytest.raises(MeasureUnavailableError, match="no 'head_rank' measure: all-MiniLM-L6-v2 .* has no output head"):
@@ -250,7 +250,7 @@ def test_figures_on_a_deep_decoder_are_bounded_and_name_what_they_draw(smollm2_r
     overlap_axis = specs["overlap"]["layer"][-1]["encoding"]["x"]["axis"]["values"]
     assert overlap_axis == ["0→1", "4→5", "8→9", "12→13", "16→17", "20→21", "24→25", "28→29"]
     assert specs["cosine"]["layer"][-1]["encoding"]["x"]["axis"]["values"] == list(range(0, 31, 2))
-    assert specs["cosine_heatmap"]["width"] <= 330 and specs["neighbours"]["width"] <= 1800
+    assert specs["cosine_heatmap"]["width"] <= 330 and specs["neighbours"]["width"] <= 2480
     rank_y = specs["rank"]["layer"][-1]["encoding"]["y"]
     top = rank_y["axis"]["values"][-1]
     assert top >= int(np.max(smollm2_result.rank.values)) and rank_y["scale"]["domain"] == [0, top]

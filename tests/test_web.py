@@ -252,7 +252,7 @@ def test_the_head_lens_on_the_page(page, server, smollm2):
         top = expected.predictions(layer, 1)[0]
         assert f"{display.shown(top.text)}  {top.probability:.2f}" in shown
     page.click(".chip[data-index='4']")
-    page.wait_for_function("document.querySelector('figure[data-chart=predictions] svg').textContent.includes('token 4 banana')")
+    page.wait_for_function("document.querySelector('figure[data-chart=predictions] svg').textContent.includes('token 4 ␣banana')")
     with page.expect_response("**/api/charts"):
         page.reload()
     settle(page)

@@ -233,14 +233,14 @@ HEATMAP_WIDTH = 330
 """A heatmap is at most this wide (its cells narrow for models with many layers), so `--measure all` stays bounded."""
 CELL_TICKS = 16
 """At most this many labelled layers (or steps) under a heatmap, whose cells narrow with many layers."""
-TABLE_WIDTH = 1800
+TABLE_WIDTH = 2480
 """A table of vocabulary items is at most this wide: with many layers its columns narrow to fit (to a minimum)."""
 
 
 def table_column(layers: int) -> int:
     """The width of a layer's column in a table of vocabulary items: 108 px, narrowed to keep the table within
-    `TABLE_WIDTH`, to no less than 56."""
-    return max(56, min(108, TABLE_WIDTH // layers))
+    `TABLE_WIDTH`, to no less than 80 (room for a short item and its two-digit cosine: `␣strugg  0.71`)."""
+    return max(80, min(108, TABLE_WIDTH // layers))
 
 
 def thinned(layers: tuple[int, ...] | list[int], most: int) -> list[int]:
