@@ -17,7 +17,7 @@ from ..trace import encode, length_batches, trace
 from ..tuned_lens import LearnedLens, Readout, readout, target_rows, target_taps
 from ..views.export import vega_javascript
 from ..views.lens import lens_charts
-from .report import STYLE, _rows, _script
+from .report import STYLE, _rows, embed_script
 
 
 def evaluate(handle: LoadedModel, settings: Settings, lens: LearnedLens, texts: Sequence[str], batch_tokens: int) -> pd.DataFrame:
@@ -105,13 +105,6 @@ held-out R² of lenses fitted on ¼, ½ and all of the fit split.</p>
 <div class="charts">{figures}</div>
 <h2>eval.csv</h2>
 <div id="eval">{table}</div>
-<script>
-const specs = {_script(specs)};
-for (const [name, spec] of Object.entries(specs)) {{
-  vegaEmbed("#" + name, spec, {{actions: false, renderer: "svg"}}).catch((error) => {{
-    document.getElementById(name).textContent = "could not draw this chart: " + error;
-  }});
-}}
-</script>
+{embed_script(specs)}
 </body></html>
 """

@@ -37,6 +37,18 @@ def _script(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
 
 
+def embed_script(specs: dict[str, Any]) -> str:
+    """The script that draws each spec into the element of its name, or says there why it could not."""
+    return f"""<script>
+const specs = {_script(specs)};
+for (const [name, spec] of Object.entries(specs)) {{
+  vegaEmbed("#" + name, spec, {{actions: false, renderer: "svg"}}).catch((error) => {{
+    document.getElementById(name).textContent = "could not draw this chart: " + error;
+  }});
+}}
+</script>"""
+
+
 def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings) -> str:
     """The page: the model line, the counts, the settings and the speed, then every charted measure against the
     layer per group (median line, interquartile band)."""
@@ -107,13 +119,6 @@ corpus anisotropy: the mean cosine between tokens of different texts at that lay
 unrelated tokens.</p>
 <div class="charts">{figures("broad_")}</div>
 {by_class}
-<script>
-const specs = {_script(specs)};
-for (const [name, spec] of Object.entries(specs)) {{
-  vegaEmbed("#" + name, spec, {{actions: false, renderer: "svg"}}).catch((error) => {{
-    document.getElementById(name).textContent = "could not draw this chart: " + error;
-  }});
-}}
-</script>
+{embed_script(specs)}
 </body></html>
 """

@@ -454,6 +454,15 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 """Corpus mode's input options, shared by `corpus` and `fit-lens`."""
 
 
+def reach_ray(engine: str, address: str | None) -> None:
+    """For `--engine ray`, check the cluster answers before torch loads: an address where nothing listens is an
+    error in seconds."""
+    if engine == "ray":
+        from ..clusters import check_ray_address
+
+        check_ray_address(address)
+
+
 @app.command("corpus")
 @with_settings(neighbours=0, skip=("similarity", "attribution"))
 def corpus_command(
@@ -471,10 +480,7 @@ def corpus_command(
     settings: Settings,
 ) -> None:
     """Measure every text of a corpus, in batches, into a folder: Parquet rows, a summary by word class, a report."""
-    if engine == "ray":  # before torch loads: an address where nothing listens is an error in seconds
-        from ..clusters import check_ray_address
-
-        check_ray_address(ray_address)
+    reach_ray(engine, ray_address)
     from ..corpus import run_corpus
     from ..models import set_threads
 

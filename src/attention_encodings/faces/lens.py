@@ -20,6 +20,7 @@ from .cli import (
     TextFieldOption,
     corpus_progress,
     model_line,
+    reach_ray,
     with_settings,
 )
 
@@ -61,10 +62,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit a learned lens (a per-layer affine translator, in closed form) on a corpus: lens.safetensors,
         lens.json, eval.csv and report.html in --out; use it with --lens in analyze, plot, corpus and serve."""
-        if engine == "ray":  # before torch loads, as for corpus
-            from ..clusters import check_ray_address
-
-            check_ray_address(ray_address)
+        reach_ray(engine, ray_address)
         from ..corpus.lens_fit import fit_lens
         from ..errors import OptionError
         from ..models import set_threads
