@@ -72,7 +72,7 @@ def depth_shares(agree: np.ndarray) -> np.ndarray:
     stays = np.flip(np.logical_and.accumulate(np.flip(agree, axis=0), axis=0), axis=0)
     depth = np.where(stays.any(axis=0), stays.argmax(axis=0), -1)
     tokens = max(agree.shape[1], 1)
-    return np.array([(depth == layer).sum() / tokens for layer in range(agree.shape[0])])
+    return np.bincount(depth[depth >= 0], minlength=agree.shape[0]) / tokens
 
 
 def lens_report(manifest: dict[str, Any], frame: pd.DataFrame, handle: LoadedModel) -> str:
