@@ -1,9 +1,12 @@
-"""Corpus mode on a real Ray cluster: `ray start --head` on 127.0.0.1 (one for the module), the command line's
-`--engine ray --ray-address` against it equal to the local engine, workers that load exactly the driver's model (or
-fail in one line naming their node), a model actor killed mid-run, and a cluster address where nothing listens.
+"""Corpus mode on a real Ray cluster: `ray start --head` and a second `ray start --address` node on 127.0.0.1 (one
+cluster for the module), the command line's `--engine ray --ray-address` against it equal to the local engine with
+model actors on both nodes, SmolLM2 as well, workers that load exactly the driver's model (or fail in one line naming
+their node), a model actor killed mid-run, a driver killed mid-run and resumed, and a cluster address where nothing
+listens.
 
-The cluster is stopped by the pids of its own processes (those under its temporary folder, and their children):
-`ray stop` would stop every Ray on the machine, other test runs' included."""
+The cluster is stopped at the end by `ray stop` (which stops every Ray on the machine: this module runs before the
+in-process local Rays of tests/test_corpus_faces.py and tests/test_lens_fit.py), then by the pids of any of its own
+processes left (those under its temporary folder, and their children)."""
 
 from __future__ import annotations
 
@@ -63,36 +66,52 @@ def _cluster_processes(folder: Path) -> list[psutil.Process]:
     return list(found.values())
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[str, Path]]:
-    """A one-node Ray cluster on 127.0.0.1 with 2 CPUs, on free ports and its own temporary folder (short: Ray's
-    socket paths must stay under 108 characters); its address and folder."""
-    folder = Path(tempfile.mkdtemp(prefix="ae-ray-", dir="/tmp"))
-    port, manager, objects, agent, grpc, metrics, runtime_env = _free_ports(7)
-    command = [
-        RAY, "start", "--head", "--port", str(port), "--num-cpus", "2", "--disable-usage-stats",
-        "--node-ip-address", "127.0.0.1", "--include-dashboard", "false", "--temp-dir", str(folder),
+def _stop(folder: Path) -> None:
+    """`ray stop`, then whatever of the cluster under `folder` is still running, by pid."""
+    subprocess.run([RAY, "stop"], env=subprocess_env(), capture_output=True, timeout=120, check=False)
+    processes = _cluster_processes(folder)
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        process.kill()
+
+
+def _node_options(folder: Path) -> list[str]:
+    """What each node of the test cluster shares: one CPU, this machine's loopback, its own free ports, the
+    cluster's temporary folder."""
+    manager, objects, agent, grpc, metrics, runtime_env = _free_ports(6)
+    return [
+        "--num-cpus", "1", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--temp-dir", str(folder),
         "--node-manager-port", str(manager), "--object-manager-port", str(objects),
         "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
         "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(runtime_env),
-        "--object-store-memory", str(512 << 20),
+        "--object-store-memory", str(256 << 20),
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, Path]]:
+    """A two-node Ray cluster on 127.0.0.1, one CPU each: `ray start --head`, then `ray start --address` for the
+    second node, on free ports and their own temporary folder (short: Ray's socket paths must stay under 108
+    characters); its address and folder."""
+    folder = Path(tempfile.mkdtemp(prefix="ae-ray-", dir="/tmp"))
+    (port,) = _free_ports(1)
+    address = f"127.0.0.1:{port}"
+    head = [RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *_node_options(folder)]
     # Without a token of its own, a cluster takes any in ~/.ray (which a local ray.init writes): off, so that the
     # drivers here need none, whatever ran before.
-    started = subprocess.run(command, env=subprocess_env(RAY_AUTH_MODE="disabled"), capture_output=True, timeout=180, check=False)
+    env = subprocess_env(RAY_AUTH_MODE="disabled")
     try:
-        assert started.returncode == 0, started.stderr.decode()[-3000:]
-        yield f"127.0.0.1:{port}", folder
+        for command in (head, [RAY, "start", "--address", address, *_node_options(folder)]):
+            started = subprocess.run(command, env=env, capture_output=True, timeout=180, check=False)
+            assert started.returncode == 0, started.stderr.decode()[-3000:]
+        yield address, folder
     finally:
-        processes = _cluster_processes(folder)
-        for process in processes:
-            try:
-                process.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(processes, timeout=15)
-        for process in alive:
-            process.kill()
+        _stop(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -134,16 +153,79 @@ def local_sample(tmp_path_factory, bundled) -> CorpusAnalysis:
     return CorpusAnalysis(out)
 
 
+class _ActorNodes(threading.Thread):
+    """While a run goes on, the nodes (raylet pids) that its model actors live on."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(daemon=True)
+        self.folder, self.nodes, self.done = folder, set[int](), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            for actor in _actors(self.folder):
+                try:
+                    self.nodes.add(actor.ppid())
+                except psutil.NoSuchProcess:
+                    pass
+
+    def __enter__(self) -> _ActorNodes:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.join(timeout=5)
+
+
 def test_the_command_line_on_a_cluster_equals_the_local_engine(cluster, local_sample, tmp_path):
-    address, _ = cluster
+    address, folder = cluster
     out = tmp_path / "ray"
-    done = run_cli("corpus", "sample", "--out", str(out), "--model", "bundled", "--limit", "40", "--batch-tokens", "256",
-                   "--threads", "1", "--engine", "ray", "--ray-address", address)  # fmt: skip
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
-    assert f"ray: 2 model actors on a cluster at {address}" in done.stderr.decode()
+    with _ActorNodes(folder) as actor_nodes:
+        done = run_cli("corpus", "sample", "--out", str(out), "--model", "bundled", "--limit", "40", "--batch-tokens", "256",
+                       "--threads", "1", "--engine", "ray", "--ray-address", address)  # fmt: skip
+    err = done.stderr.decode()
+    assert done.returncode == 0, err[-3000:]
+    assert f"ray: 2 model actors on a cluster at {address}" in err
+    assert len(actor_nodes.nodes) == 2, "the two model actors did not run on the two nodes"
+    assert "Traceback" not in err and "RayDeprecationWarning" not in err and "INFO" not in err
     run = CorpusAnalysis(out)
     assert run.manifest["run"]["engine"] == "ray" and run.manifest["counts"]["shards"] > 4
     _same_run(run, local_sample)
+
+
+def test_a_killed_driver_resumes_on_the_cluster(cluster, local_sample, tmp_path):
+    """SIGKILL the command once its first shards are on disk, rerun it on the same folder: it measures only what
+    is missing, and the result equals the local engine's."""
+    address, _ = cluster
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "attention_encodings", "corpus", "sample", "--out", str(out), "--model", "bundled",
+               "--limit", "40", "--batch-tokens", "256", "--threads", "1", "--engine", "ray", "--ray-address", address,
+               "--quiet"]  # fmt: skip
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not list((out / "shards").glob("*.npz")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not (out / "summary.csv").exists()
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run = CorpusAnalysis(out)
+    sessions = run.manifest["sessions"]
+    assert len(sessions) == 1 and 0 < sessions[0]["batches"] < local_sample.manifest["sessions"][0]["batches"]
+    _same_run(run, local_sample)
+
+
+def test_smollm2_on_the_cluster_equals_the_local_engine(cluster, smollm2, tmp_path):
+    address, _ = cluster
+    options = ["--model", "smollm2", "--limit", "6", "--batch-tokens", "128", "--threads", "1", "--quiet"]
+    done = run_cli("corpus", "sample", "--out", str(tmp_path / "local"), *options)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    done = run_cli("corpus", "sample", "--out", str(tmp_path / "ray"), *options, "--engine", "ray", "--ray-address", address)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    _same_run(CorpusAnalysis(tmp_path / "ray"), CorpusAnalysis(tmp_path / "local"))
 
 
 def test_a_killed_model_actor_loses_nothing(cluster, local_sample, tmp_path):

@@ -8,10 +8,13 @@ engine, and a resumed run, measures exactly these batches, so they all write the
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import re
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -339,6 +342,7 @@ def run_ray(
         raise InputError("the ray engine needs Ray: pip install 'attention-encodings[ray]'") from error
     if not batches:
         return
+    _quiet(ray)
     pinned = pin(handle)
     started = not ray.is_initialized()
     if started:
@@ -358,16 +362,20 @@ def run_ray(
                 f"{'a cluster at ' + address if address else 'a local Ray'}"
             )
         items = [{"batch": pickle.dumps(b)} for b in batches]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Measurer,
-            fn_constructor_kwargs={"pinned": pinned, "settings": settings, "tag": tag, "threads": threads, "work": work},
-            batch_size=1,
-            concurrency=actors,
-            num_cpus=RAY_ACTOR_CPUS,
-            num_gpus=1 if gpu else None,
-            max_restarts=RAY_RETRIES,
-            max_task_retries=RAY_RETRIES,
-        )
+        with warnings.catch_warnings():
+            # Bounded retries have no named parameter in Ray 2.60 (its default is to retry for ever, which would
+            # hang on a batch that kills every actor), so they go through the deprecated `ray_remote_args`.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _Measurer,
+                fn_constructor_kwargs={"pinned": pinned, "settings": settings, "tag": tag, "threads": threads, "work": work},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=RAY_ACTOR_CPUS,
+                num_gpus=1 if gpu else None,
+                max_restarts=RAY_RETRIES,
+                max_task_retries=RAY_RETRIES,
+            )
         try:
             for row in dataset.iter_rows():
                 yield pickle.loads(row["shard"])
@@ -378,6 +386,15 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _quiet(ray: Any) -> None:
+    """Ray's own console lines off, since the run reports its progress itself: Ray Data's INFO and WARNING lines,
+    and its usage poller, which asks a Prometheus that is not there and at exit logs into a closed file."""
+    os.environ.setdefault("RAY_DATA_USAGE_DISABLED", "1")
+    for handler in logging.getLogger(ray.data.__name__).handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.ERROR)
 
 
 def _connect(ray: Any, address: str | None) -> None:
