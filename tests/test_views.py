@@ -240,6 +240,22 @@ def _layers_of(spec: dict) -> list[dict]:
     return found + ([spec] if "mark" in spec else [])
 
 
+def test_an_overlay_of_a_causal_model_names_the_next_token_it_ranks(smollm2_result, smollm2, seed_result):
+    """Overlaid runs of a causal LM: the head_rank chart says it ranks the next token, and its tooltip names it;
+    an encoder's overlay does not."""
+    from attention_encodings import compare
+    from attention_encodings.views.compare import overlay_chart
+
+    post = analyze("Fruit flies like a banana.", smollm2, neighbours=5, tap="resid_post")
+    spec = overlay_chart(compare([smollm2_result, post]), "head_rank").to_dict()
+    assert "ranking the next token" in spec["title"]["text"]["expr"]
+    tooltip = spec["layer"][0]["encoding"]["tooltip"]
+    assert {"field": "target", "type": "nominal", "title": "target (next token)"} in tooltip
+    plain = overlay_chart(compare([seed_result, seed_result]), "cosine").to_dict()
+    assert "ranking" not in plain["title"]["text"]["expr"]
+    assert all(t["field"] != "target" for t in plain["layer"][0]["encoding"]["tooltip"])
+
+
 def test_figures_on_a_deep_decoder_are_bounded_and_name_what_they_draw(smollm2_result, seed_result):
     """SmolLM2's 31 layers: thinned layer and step ticks, heatmaps and tables of bounded width, rank ticks up to
     the power of ten above the data, ticks without trailing zeros, one title per measure, the head-lens line

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import Analysis, token_index
-from ..catalog import ANISOTROPY, MEASURES, SIMILARITY
+from ..catalog import ANISOTROPY, HEAD_MEASURES, MEASURES, SIMILARITY
 from ..comparison import Comparison
 from ..errors import InputError
 from .charts import (
@@ -46,6 +46,7 @@ from .charts import (
     measures_data,
     neighbour_data,
     neighbour_table,
+    predicts_next,
     prediction_data,
     prediction_table,
     token_label,
@@ -150,8 +151,10 @@ def _longest(comparison: Comparison) -> Analysis:
 
 
 def overlay_chart(comparison: Comparison, measure: str) -> alt.LayerChart:
-    """One measure against layer for the selected token, a line per run (matched by text). Reads `measures`."""
+    """One measure against layer for the selected token, a line per run (matched by text). Reads `measures`. Where
+    every run is a causal LM, the head's rank is of the next token, and the title and tooltip say so."""
     info = MEASURES[measure]
+    next_token = measure in HEAD_MEASURES and all(predicts_next(run) for run in comparison.runs)
     field = info.column
     widest = max(comparison.runs, key=lambda run: (info.bounds(run.settings) or [0, 0])[1])
     largest = max(np.max(run.measure(measure).values, initial=1) for run in comparison.runs)
@@ -163,14 +166,14 @@ def overlay_chart(comparison: Comparison, measure: str) -> alt.LayerChart:
             x=_x(_longest(comparison), info, cells=False),
             y=y,
             detail="run:N",
-            tooltip=[alt.Tooltip("run_label:N", title=comparison.differs), *_tooltip(info)],
+            tooltip=[alt.Tooltip("run_label:N", title=comparison.differs), *_tooltip(info, target=next_token)],
             **_run_encoding(comparison),
         )
     )
     return alt.layer(
         base.mark_line(strokeWidth=2.5),
         base.mark_point(filled=True, size=30).encode(strokeDash=alt.value([1, 0])),
-        title=_title(info.titled(comparison.runs[0].settings)),
+        title=_title(info.titled(comparison.runs[0].settings), ", ranking the next token" if next_token else ""),
         **LINE_SIZE,
     )
 
