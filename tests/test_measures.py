@@ -135,3 +135,28 @@ def test_similarity_and_anisotropy_match_a_plain_loop():
                     pairs.append(float(cos))
         assert anisotropy(states, keep)[layer] == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
     assert anisotropy(states, torch.tensor([True] + [False] * 5)).isnan().all()
+
+
+def test_the_embedding_space_reuses_its_slot_tables_only_for_the_same_slots(tiny_roberta, monkeypatch):
+    """A second scan of the same slots (a learned lens's) reuses the per-slot tables; other slots rebuild them, and
+    every call scores exactly what a fresh space scores."""
+    from attention_encodings.metrics.reference import EmbeddingReference
+
+    handle = load_model(str(tiny_roberta))
+    space = reference_for(handle, "embedding")
+    assert isinstance(space, EmbeddingReference)
+    built = []
+    real = EmbeddingReference._slot_scales
+    monkeypatch.setattr(EmbeddingReference, "_slot_scales", lambda self, slots: built.append(len(slots)) or real(self, slots))
+    cases = []
+    for text in (SEED, CORPUS[3], SEED, SEED):
+        encoding = encode(handle, text)
+        offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+        cases.append((trace(handle, encoding).states("resid_mid").transpose(0, 1).contiguous(), offsets))
+    seed_slots, other_slots = len(cases[0][1]), len(cases[1][1])
+    assert seed_slots != other_slots
+    got = [space.scores(states, offsets) for states, offsets in cases]
+    assert built == [seed_slots, other_slots, seed_slots]  # the fourth call, the same slots again, built nothing
+    for (states, offsets), scores in zip(cases, got):
+        fresh = EmbeddingReference(handle.adapter.embedding_parts(handle.model)).scores(states, offsets)
+        assert torch.equal(scores, fresh)

@@ -31,6 +31,9 @@ from .lens import Lens, padded_rows
 from .normalize import Normalization
 
 _TINY = 1e-12
+SLOT_MEMO_FLOATS = 4 << 20
+"""The embedding space keeps the per-slot tables of its last call when they hold at most this many floats (16 MB),
+so a second scan of the same tokens (a learned lens's, after the measures') does not build them again."""
 
 
 def check_reference(name: str) -> str:
@@ -125,6 +128,9 @@ class EmbeddingReference(ReferenceSpace):
         """(e, V): the centred E (E itself without a LayerNorm), transposed so that x @ Eᵀ is a plain NN product
         (faster for unaligned rows)."""
         self.bias_sq = self.bias @ self.bias
+        self._memo: tuple[Tensor, Tensor, Tensor] | None = None
+        """(centred slots, 1/std, 1/|R|) of the last call, when small (SLOT_MEMO_FLOATS); replaced whole, so
+        threads sharing the space read either the old entry or the new one."""
 
     def unit_rows(self, ids: Tensor, offsets: Tensor) -> Tensor:
         slotted = self.centred_t[:, ids].T + offsets.float()  # E[v] (centred) + c: centring again leaves E's share
@@ -152,13 +158,23 @@ class EmbeddingReference(ReferenceSpace):
         # texts is a small fraction of its tokens.
         slots, slot_of = torch.unique(offsets.float(), dim=0, return_inverse=True)
         centred_slots = slots - slots.mean(dim=-1, keepdim=True) if self.layer_norm else slots
-        inv_std, inv_ref_norm = self._slot_scales(centred_slots)
+        inv_std, inv_ref_norm = self._remembered_scales(centred_slots)
         centred_offsets = centred_slots[slot_of]
         shift = (pulled * centred_offsets[:, None, :]).sum(dim=-1)
         lift = (x @ self.bias) * inv_norm
         scores = _gemm(pulled.reshape(t * r, -1), self.centred_t, out, shift.reshape(t * r, 1))
         scores = scores.view(t, r, -1).mul_((inv_std * inv_ref_norm)[slot_of][:, None, :])
         return scores.addcmul_(lift[..., None], inv_ref_norm[slot_of][:, None, :])
+
+    def _remembered_scales(self, centred_slots: Tensor) -> tuple[Tensor, Tensor]:
+        """`_slot_scales`, reused when the last call had exactly these slots."""
+        memo = self._memo
+        if memo is not None and memo[0].shape == centred_slots.shape and torch.equal(memo[0], centred_slots):
+            return memo[1], memo[2]
+        inv_std, inv_ref_norm = self._slot_scales(centred_slots)
+        small = inv_std.numel() <= SLOT_MEMO_FLOATS
+        self._memo = (centred_slots, inv_std, inv_ref_norm) if small else None
+        return inv_std, inv_ref_norm
 
     def _slot_scales(self, centred_slots: Tensor) -> tuple[Tensor, Tensor]:
         """Per slot (rows of its centred offset c) and vocabulary item: 1/std of E[v] + c (the embedding
