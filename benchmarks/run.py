@@ -8,6 +8,7 @@
     python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
     python benchmarks/run.py --only soak      # only case 10, 16 clients for 60 s against the server (bundled model)
     python benchmarks/run.py --only attribution # only case 11, the cost of attribution (heads, MLP, residual)
+    python benchmarks/run.py --only lens      # only case 12, the learned lens: fit-lens over the sample, analyze --lens
 
 Nothing is downloaded. The roberta-base-shaped model has random weights, built from `RobertaConfig` (vocabulary
 50,265, hidden 768, 12 layers); its byte-level BPE tokenizer is trained here, in about a second, on the words of
@@ -89,10 +90,12 @@ class Shape:
     bundled: bool
     corpus_sentences: int
     corpus_sizes: tuple[int, int]
+    lens_texts: int | None
+    """Sample sentences fit-lens reads in case 12 (None: the whole sample)."""
 
 
-FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True, 400, (200, 2001))
-SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False, 12, (6, 12))
+FULL = Shape("roberta-base-shaped", 50_265, 768, 12, 12, 3072, 512, 64, 4, 5, 3, 8, True, 400, (200, 2001), None)
+SMOKE = Shape("smoke", 2_000, 32, 2, 2, 64, 40, 4, 2, 1, 1, 2, False, 12, (6, 12), 8)
 
 
 @dataclass
@@ -694,6 +697,64 @@ def attribution_cost(models: list[LoadedModel], figures: list[Figure], repeats: 
         figures.append(Figure(f"{case}: parts, shares and sources / plain analysis", model, parts, "×", detail))
 
 
+LENS_FITS = (
+    ("all-MiniLM-L6-v2", BUNDLED, ("--target", "embedding")),
+    ("SmolLM2-135M-Instruct", "smollm2", ("--target", "final", "--tap", "resid_post")),
+)
+"""Case 12's fits: the bundled model's probe back to the input, SmolLM2's tuned lens proper."""
+
+
+def fit_in_child(source: str, options: tuple[str, ...], out: Path, texts: int | None, device: str) -> tuple[float, int]:
+    """`fit-lens sample` in a fresh interpreter: its wall-clock seconds and peak RSS in KiB (from wait4)."""
+    limit = () if texts is None else ("--limit", str(texts))
+    command = [sys.executable, "-m", "attention_encodings", "fit-lens", "sample", "--out", str(out), "-m", source,
+               *options, *limit, "--device", device, "-q"]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    error = child.stderr.read() if child.stderr else ""
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"fit-lens on {source} failed: {error.strip()}")
+    return seconds, usage.ru_maxrss
+
+
+def lens_cost(shape: Shape, figures: list[Figure], device: str) -> None:
+    """Case 12: the learned lens. fit-lens over the sample (or its first `shape.lens_texts` sentences) on the
+    bundled model (`embedding`) and, where it is installed, SmolLM2 (`final` at resid_post), each in a fresh
+    process (wall time, peak RSS); then, at the seed sentence, warm `analyze()` with the fitted lens against
+    without it in interleaved rounds, and the CLI's `analyze --lens` against `analyze` from cold processes."""
+    fits = LENS_FITS if shape.bundled else LENS_FITS[:1]
+    texts = "whole sample" if shape.lens_texts is None else f"{shape.lens_texts} sentences"
+    with tempfile.TemporaryDirectory() as folder:
+        for name, source, options in fits:
+            try:
+                handle = load_model(source, device=device)
+            except ModelLoadError as error:
+                print(f"12. learned lens on {name}: skipped ({error})")
+                continue
+            out = Path(folder) / source
+            seconds, peak = fit_in_child(source, options, out, shape.lens_texts, device)
+            case = f"12. learned lens, {name}"
+            figures.append(Figure(f"{case}: fit-lens {options[1]}, {texts}", name, seconds, "s", "fresh process"))
+            figures.append(Figure(f"{case}: fit-lens peak RSS", name, peak / 2**20, "GiB", "fresh process"))
+            tap = options[3] if len(options) > 2 else Settings().tap
+            plain = Settings(model=source, tap=tap)
+            runs = {"plain": partial(analyze_with, plain, SEED, handle), "lens": partial(analyze_with, plain.replace(lens=str(out)), SEED, handle)}
+            warm = timed_together(runs, shape.repeats, handle.device)
+            figures.append(Figure(f"{case}: analyze(), seed sentence, without the lens", name, warm["plain"] * 1e3, "ms"))
+            figures.append(Figure(f"{case}: analyze(), seed sentence, with the lens", name, warm["lens"] * 1e3, "ms"))
+            figures.append(Figure(f"{case}: analyze() with / without the lens", name, warm["lens"] / warm["plain"], "×", "warm, one process"))
+            cold: dict[str, list[float]] = {"plain": [], "lens": []}
+            command = ["analyze", SEED, "--model", source, "--tap", tap, "--format", "json", "--device", device]
+            for _ in range(shape.cold_runs):
+                cold["plain"].append(cold_start(command)[1])
+                cold["lens"].append(cold_start([*command, "--lens", str(out)])[1])
+            ratio = statistics.median(cold["lens"]) / statistics.median(cold["plain"])
+            detail = f"median of {shape.cold_runs} fresh processes, alternating, launch to exit"
+            figures.append(Figure(f"{case}: CLI analyze --lens / analyze", name, ratio, "×", detail))
+
+
 def cli_cold_starts(sources: list[tuple[str, str]], shape: Shape, figures: list[Figure], device: str) -> None:
     """Case 4: the CLI from a fresh interpreter to its first output, on the seed sentence (`--format json`), side by
     side with the minimal script (alternating runs, so both see the same machine); and `--help`."""
@@ -746,6 +807,10 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
         if model == shape.name:
             ratio = found[(f"{case}: parts, shares and sources / plain analysis", model)]
             checks.append((f"attribution (without ablation) / plain analysis, {model}", ratio, "≤ 1.5", ratio <= 1.5))
+    for name, _, _ in LENS_FITS:
+        ratio = found.get((f"12. learned lens, {name}: CLI analyze --lens / analyze", name))
+        if ratio is not None:
+            checks.append((f"analyze --lens / analyze, {name}", ratio, "≤ 1.3", ratio <= 1.3))
     cold = found.get(("4. cold analyze / minimal script", "all-MiniLM-L6-v2"))
     if cold is not None:
         checks.append(("cold analyze / minimal script, bundled model", cold, "≤ 1.15", cold <= 1.15))
@@ -791,8 +856,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument(
         "--only",
-        choices=("corpus", "head", "baselines", "soak", "attribution"),
-        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10; attribution: 11)",
+        choices=("corpus", "head", "baselines", "soak", "attribution", "lens"),
+        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10; attribution: 11; lens: 12)",
     )
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
@@ -833,6 +898,8 @@ def main() -> None:
         soak_case(shape, figures)
     if args.only in (None, "attribution"):
         attribution_cost(models, figures, shape.repeats)
+    if args.only in (None, "lens"):
+        lens_cost(shape, figures, args.device)
     info = machine()
     checks = targets(figures, shape)
     print(report(figures, checks, info))
