@@ -279,7 +279,7 @@ def share_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChart:
     return alt.layer(
         cells,
         outline,
-        title=_token_title(f"{_prefix(comparison, number)}Which parts moved its cosine", " (click a head)"),
+        title=_token_title(f"{_prefix(comparison, number)}Which parts moved its cosine"),
         width=CELL[0] * len(found.components),
         height=CELL[1] * len(found.layers),
     )
