@@ -528,3 +528,12 @@ def test_pinned_runs_show_their_heads_side_by_side(page, server, bundled):
     page.wait_for_function("location.hash.includes('head=3.0')")
     assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 2
     assert page.locator(".chip.attended").count() == 14
+
+
+def test_a_long_text_draws_the_heads_with_its_note(page, server):
+    """Past 64 tokens the attribution has no per-source detail: the panel says so, and a chosen head shades nothing."""
+    open_page(page, f"{server.url}/#text={quote(LONG)}&token=2&head=3.1")
+    page.locator("figure[data-chart=heads_shares] svg").wait_for()
+    assert "up to 64 tokens" in page.inner_text("#heads-note")
+    assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 1
+    assert page.locator(".chip.attended").count() == 0
