@@ -340,8 +340,10 @@ def test_plot_attribution_writes_the_panel(suffix, tmp_path, capsys):
     if suffix == ".html":
         assert "vegaEmbed" in text and "head_shares" in text and '"head_layer"' in text
     else:
-        for expected in ("The cosine's change per layer", "Which parts moved its cosine", "What each source gave: head 2.1", "token 8 flies"):
-            assert expected in text, expected
+        drawn = (
+            "The cosine's change per layer", "Which parts moved its cosine", "What each source gave: head 2.1", "token 8 flies"
+        )
+        assert all(expected in text for expected in drawn), text
 
 
 def test_plot_attribution_without_a_head_has_no_bars(tmp_path, capsys):
@@ -357,9 +359,9 @@ def test_plot_attribution_without_a_head_has_no_bars(tmp_path, capsys):
     ("args", "message"),
     [
         (["--token", "zebra"], "no token matches 'zebra'"),
-        (["--token", "8", "--layer", "7", "--head", "1"], "--layer must be one of 1..6 (the blocks); got 7"),
-        (["--token", "8", "--layer", "2", "--head", "12"], "--head must be one of 0..11 (the model's heads); got 12"),
-        (["--token", "8", "--layer", "2"], "--layer and --head go together"),
+        (["--token", "8", "--layer", "7", "--head", "1"], "layer must be one of 1..6 (the blocks); got 7"),
+        (["--token", "8", "--layer", "2", "--head", "12"], "head must be one of 0..11 (the model's heads); got 12"),
+        (["--token", "8", "--layer", "2"], "give both (--layer L --head H) or neither"),
         (["--measure", "rank"], "--attribution draws its own figure"),
     ],
 )

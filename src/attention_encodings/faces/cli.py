@@ -381,11 +381,16 @@ def plot_command(
         bool,
         typer.Option(
             "--attribution",
-            help="Draw which heads moved --token instead: its cosine's change per layer by part, and every layer × part's share.",
+            help="Draw which heads moved --token instead: its cosine's change per layer by part, and every layer × "
+            "part's share.",
         ),
     ] = False,
-    layer: Annotated[Optional[int], typer.Option(help="With --attribution and --head: the layer (1..N) of the head whose sources to draw.")] = None,
-    head: Annotated[Optional[int], typer.Option(help="With --attribution and --layer: the head (0..H-1) whose attention sources to draw.")] = None,
+    layer: Annotated[
+        Optional[int], typer.Option(help="With --attribution and --head: the layer (1..N) of the head whose sources to draw.")
+    ] = None,
+    head: Annotated[
+        Optional[int], typer.Option(help="With --attribution and --layer: the head (0..H-1) whose sources to draw.")
+    ] = None,
     *,
     runs: tuple[Settings, ...],
 ) -> None:
@@ -423,13 +428,14 @@ def plot_command(
     typer.echo(f"wrote {out}", err=True)
 
 
-def write_attribution(source: str, runs: tuple[Settings, ...], token: str | None, layer: int | None, head: int | None, out: Path) -> None:
+def write_attribution(
+    source: str, runs: tuple[Settings, ...], token: str | None, layer: int | None, head: int | None, out: Path
+) -> None:
     """`plot --attribution`: the panel of which heads moved `token` (default: the first non-special), the runs side
     by side; a token, layer or head the text or model does not have is a usage error (exit 2)."""
     from ..comparison import compare
     from ..errors import TokenError
-    from ..views import default_token, save
-    from ..views.attribution import attribution_figure
+    from ..views import attribution_figure, default_token, save
 
     said: set[str] = set()
     try:

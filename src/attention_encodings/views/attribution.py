@@ -62,15 +62,15 @@ DIGITS = 4
 def check_head(comparison: Comparison, layer: int | None, head: int | None) -> None:
     """A one-line `OptionError` unless `layer` and `head` are both None or name a head of every run."""
     if (layer is None) != (head is None):
-        raise OptionError("--layer and --head go together: the head to show is head H of layer L")
+        raise OptionError("a head is named by its layer and its number: give both (--layer L --head H) or neither")
     if layer is None or head is None:
         return
     for run in comparison.runs:
         found = _found(run)
         if layer not in found.layers:
-            raise OptionError(f"--layer must be one of 1..{len(found.layers)} (the blocks); got {layer}")
+            raise OptionError(f"layer must be one of 1..{len(found.layers)} (the blocks); got {layer}")
         if not 0 <= head < found.num_heads:
-            raise OptionError(f"--head must be one of 0..{found.num_heads - 1} (the model's heads); got {head}")
+            raise OptionError(f"head must be one of 0..{found.num_heads - 1} (the model's heads); got {head}")
 
 
 def _found(run: Analysis) -> Attribution:
@@ -129,7 +129,8 @@ def change_rows(run: Analysis) -> pd.DataFrame:
         "other parts": terms[:, 1 + found.num_heads :].sum(axis=1),
     }
     values = np.stack(list(series.values()))  # (series, N, T)
-    name, layer, token = np.meshgrid(np.arange(len(series)), np.arange(len(found.layers)), np.arange(len(found.tokens)), indexing="ij")
+    axes = (np.arange(len(series)), np.arange(len(found.layers)), np.arange(len(found.tokens)))
+    name, layer, token = np.meshgrid(*axes, indexing="ij")
     return pd.DataFrame(
         {
             "series": np.array(list(series), dtype=object)[name.reshape(-1)],
@@ -156,7 +157,8 @@ def source_rows(run: Analysis) -> pd.DataFrame:
     if found.attention is None or found.source_shares is None or found.source_norms is None:
         return pd.DataFrame({"token_index": pd.Series([], dtype=int)})
     layers, heads, tokens, sources = found.attention.shape
-    layer, head, token = (axis.reshape(-1) for axis in np.meshgrid(np.arange(layers), np.arange(heads), np.arange(tokens), indexing="ij"))
+    grid = np.meshgrid(np.arange(layers), np.arange(heads), np.arange(tokens), indexing="ij")
+    layer, head, token = (axis.reshape(-1) for axis in grid)
     listed = {
         name: list(_rounded(values).reshape(-1, sources).tolist())
         for name, values in (("weights", found.attention), ("shares", found.source_shares), ("norms", found.source_norms))
@@ -216,7 +218,9 @@ def change_chart(comparison: Comparison, number: int = 0) -> alt.LayerChart:
         y=alt.Y("value:Q", title="change of the cosine"),
         color=colour,
         detail="series:N",
-        tooltip=[alt.Tooltip("series:N", title="part"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", title="change", format="+.4f")],
+        tooltip=[
+            alt.Tooltip("series:N", title="part"), alt.Tooltip("layer:O"), alt.Tooltip("value:Q", title="change", format="+.4f")
+        ],
     )
     zero = alt.Chart().mark_rule(color="#ced4da").encode(y=alt.datum(0))
     chosen = base.transform_filter(f"datum.series == 'change' && datum.layer == {HEAD_LAYER}")
@@ -268,7 +272,9 @@ def share_heatmap(comparison: Comparison, number: int = 0) -> alt.LayerChart:
         alt.Tooltip("sources:N", title="attended to most"),
     ]
     cells = base.mark_rect().encode(
-        color=alt.Color("share:Q", scale=scale, title="share", legend=alt.Legend(orient="right", values=_legend_values(largest), format="~r")),
+        color=alt.Color(
+            "share:Q", scale=scale, title="share", legend=alt.Legend(orient="right", values=_legend_values(largest), format="~r")
+        ),
         tooltip=tooltip,
     )
     chosen = f"datum.layer == {HEAD_LAYER} && datum.head == {HEAD}"
