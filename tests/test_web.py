@@ -538,3 +538,14 @@ def test_a_long_text_draws_the_heads_with_its_note(page, server):
     assert "up to 64 tokens" in page.inner_text("#heads-note")
     assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 1
     assert page.locator(".chip.attended").count() == 0
+
+
+def test_the_heads_of_smollm2(page, server, smollm2):
+    """A decoder with grouped-query attention: 9 query heads; a token attends only to itself and the tokens before it."""
+    text = "Fruit flies like a banana."
+    open_page(page, f"{server.url}/#model=smollm2&text={quote(text)}&token=1&head=1.6")
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_sources] svg')?.textContent.includes('head 1.6')")
+    found = analyze(text, smollm2, attribution=True).attribution
+    assert found.num_heads == 9 and "head 8" in chart_text(page, "heads_shares")
+    shaded = chip_attention(page)
+    assert shaded == pytest.approx(found.attention[0, 6, 1], abs=1e-4) and shaded[2:] == [0.0] * (len(shaded) - 2)
