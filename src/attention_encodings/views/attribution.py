@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..analysis import Analysis
-from ..attribution import Attribution
+from ..attribution import TOP_SOURCES, Attribution
 from ..comparison import Comparison, compare
 from ..display import shown
 from ..errors import OptionError
@@ -52,7 +52,6 @@ DIVERGING = "redblue"
 SYMLOG_CONSTANT = 0.001
 """The heatmap's colour scale is symlog, linear within ±this: heads move a cosine by thousandths while the
 residual carries most of it, and a linear scale would leave every head white."""
-TOP_SOURCES = 3
 CELL = (24, 16)
 """A heatmap cell's width and height, in pixels."""
 DIGITS = 4
@@ -74,6 +73,7 @@ def check_head(comparison: Comparison, layer: int | None, head: int | None) -> N
 
 
 def _found(run: Analysis) -> Attribution:
+    """The run's attribution, or a one-line error saying it has none."""
     if run.attribution is None:
         raise OptionError("this analysis has no attribution; analyse with attribution=True")
     return run.attribution
@@ -189,6 +189,7 @@ def head_params(layer: int = -1, head: int = -1) -> list[alt.Parameter]:
 
 
 def _prefix(comparison: Comparison, number: int) -> str:
+    """The run's label before its titles, when there are several runs."""
     return f"{comparison.labels[number]}: " if len(comparison.runs) > 1 else ""
 
 
@@ -198,6 +199,7 @@ def _token_title(text: str, note: str = "") -> alt.Title:
 
 
 def _of_run(number: int) -> str:
+    """The Vega filter: the rows of run `number` for the selected token."""
     return f"datum.run == {number} && {is_token(SELECTED, KEY)}"
 
 
@@ -333,6 +335,7 @@ def source_bars(comparison: Comparison, number: int = 0) -> alt.VConcatChart:
 
 
 def _side_by_side(comparison: Comparison, draw: Any) -> alt.HConcatChart | alt.TopLevelMixin:
+    """`draw(comparison, n)` for every run n, side by side (one run: its chart alone)."""
     charts = [draw(comparison, number) for number in range(len(comparison.runs))]
     return charts[0] if len(charts) == 1 else alt.hconcat(*charts, spacing=40)
 
