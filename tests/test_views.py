@@ -282,3 +282,115 @@ def test_figures_on_a_deep_decoder_are_bounded_and_name_what_they_draw(smollm2_r
     seed_rank = specs["rank"]["layer"][-1]["encoding"]["y"]["axis"]["values"]
     assert seed_rank == [0, 1, 10, 100]  # [SEP] climbs to rank 59 at the last layer
     assert "(in colour; other tokens grey)" in specs["cosine"]["title"]["text"]["expr"]
+
+
+@pytest.fixture(scope="module")
+def seed_attribution(bundled):
+    return analyze(SEED, bundled, attribution=True)
+
+
+def test_the_heads_datasets_carry_the_attribution(seed_attribution):
+    from attention_encodings.comparison import compare
+    from attention_encodings.views.attribution import CHANGE_DATA, SHARES_DATA, SOURCES_DATA, attribution_datasets
+
+    found = seed_attribution.attribution
+    data = attribution_datasets(compare([seed_attribution]))
+    layers, parts, tokens = found.shares.shape
+    assert len(data[SHARES_DATA]) == layers * parts * tokens
+    cell = next(r for r in data[SHARES_DATA] if (r["layer"], r["component"], r["key"]) == (2, "head 1", 8))
+    head = next(h for h in found.heads(2, 8) if h.head == 1)
+    assert cell["share"] == pytest.approx(head.share) and cell["head"] == 1 and cell["part"] == 2
+    assert (cell["ablation_rank"], cell["rank"]) == (head.ablation_rank, head.rank)
+    assert cell["sources"] == ", ".join(f"{shown(s.text)} {s.weight:.2f}" for s in head.sources)
+    residual = next(r for r in data[SHARES_DATA] if (r["layer"], r["component"], r["key"]) == (2, "residual", 8))
+    assert "ablation_rank" not in residual and "sources" not in residual and "head" not in residual  # tooltips skip them
+    change = pd.DataFrame(data[CHANGE_DATA]).query("key == 8").pivot(index="layer", columns="series", values="value")
+    delta = found.delta(8)
+    heads = [c for c in found.components if c.startswith("head ")]
+    assert np.allclose(change["change"], delta.change) and np.allclose(change["residual"], delta.residual)
+    assert np.allclose(change["heads"], delta[heads].sum(axis=1))
+    assert np.allclose(change["residual"] + change["heads"] + change["other parts"], change["change"])
+    row = next(r for r in data[SOURCES_DATA] if (r["layer"], r["head"], r["key"]) == (2, 1, 8))
+    for name, values in (("weights", found.attention), ("shares", found.source_shares), ("norms", found.source_norms)):
+        expected = values[1, 1, 8]
+        assert np.allclose(row[name], expected, atol=1e-3 * np.abs(expected).max()), name  # 4 significant digits
+
+
+def test_the_heads_charts_read_the_parameters(seed_attribution):
+    from attention_encodings.comparison import compare
+    from attention_encodings.views.attribution import CHARTS, attribution_charts
+
+    built = {name: chart.to_dict() for name, chart in attribution_charts(compare([seed_attribution]), token=8).items()}
+    assert tuple(built) == CHARTS
+    for name, spec in built.items():
+        params = _params(spec)
+        assert params["selected"] == 8 and (params["head_layer"], params["head"]) == (-1, -1), name
+        assert (params["hovered_layer"], params["hovered_head"]) == (-1, -1), name
+    cells = built["heads_shares"]["layer"][0]
+    encoding = cells["encoding"]
+    assert encoding["x"]["field"] == "component" and encoding["x"]["sort"] == list(seed_attribution.attribution.components)
+    assert encoding["y"]["field"] == "layer"
+    scale = encoding["color"]["scale"]
+    assert scale["scheme"] == "redblue" and scale["domainMid"] == 0 and scale["domain"][0] == -scale["domain"][1]
+    assert [t["field"] for t in encoding["tooltip"]] == ["component", "layer", "share", "ablation_rank", "rank", "sources"]
+    assert any("datum.key == selected" in f["filter"] for f in cells["transform"])
+    outline = built["heads_shares"]["layer"][1]
+    assert "datum.layer == head_layer && datum.head == head" in outline["transform"][-1]["filter"]
+    lines = [layer for layer in built["heads_change"]["layer"] if layer["mark"]["type"] == "line"]
+    assert lines[0]["encoding"]["color"]["scale"]["domain"] == ["change", "residual", "heads", "other parts"]
+    bars = built["heads_sources"]["vconcat"][0]
+    assert bars["transform"][2]["flatten"] == ["weights", "shares", "norms", "source"]  # every source of the one row shown
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg", ".pdf", ".html"])
+def test_plot_attribution_writes_the_panel(suffix, tmp_path, capsys):
+    target = tmp_path / f"heads{suffix}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", SEED, "-m", "bundled", "--attribution", "--token", "8", "--layer", "2", "--head", "1", "-o", str(target)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 0 and err.endswith(f"wrote {target}\n"), err
+    if suffix == ".png":
+        assert target.read_bytes().startswith(PNG_MAGIC)
+        return
+    text = PdfReader(target).pages[0].extract_text() if suffix == ".pdf" else target.read_text()
+    if suffix == ".html":
+        assert "vegaEmbed" in text and "head_shares" in text and '"head_layer"' in text
+    else:
+        drawn = (
+            "The cosine's change per layer", "Which parts moved its cosine", "What each source gave: head 2.1", "token 8 flies"
+        )
+        assert all(expected in text for expected in drawn), text
+
+
+def test_plot_attribution_without_a_head_has_no_bars(tmp_path, capsys):
+    target = tmp_path / "heads.svg"
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", SEED, "-m", "bundled", "--attribution", "-o", str(target)])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    svg = target.read_text()
+    assert "token 1 time" in svg and "Which parts moved its cosine" in svg and "What each source gave" not in svg
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--token", "zebra"], "no token matches 'zebra'"),
+        (["--token", "8", "--layer", "7", "--head", "1"], "layer must be one of 1..6 (the blocks); got 7"),
+        (["--token", "8", "--layer", "2", "--head", "12"], "head must be one of 0..11 (the model's heads); got 12"),
+        (["--token", "8", "--layer", "2"], "give both (--layer L --head H) or neither"),
+        (["--measure", "rank"], "--attribution draws its own figure"),
+    ],
+)
+def test_plot_attribution_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", SEED, "-m", "bundled", "--attribution", *args, "-o", str(tmp_path / "heads.png")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert exit_.value.code == 2 and "Traceback" not in err and len(errors) == 1 and message in errors[0], err
+    assert err.splitlines()[-1] == errors[0] and not list(tmp_path.iterdir())
+
+
+def test_a_head_without_attribution_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["plot", SEED, "--layer", "2", "--head", "1", "-o", str(tmp_path / "x.png")])
+    assert exit_.value.code == 2 and "add --attribution" in capsys.readouterr().err

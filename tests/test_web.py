@@ -423,3 +423,129 @@ def test_two_models_pinned_match_tokens_by_text_and_name_the_rest(page, server, 
     page.click(".chip[data-index='8']")
     page.wait_for_function("document.querySelector('figure[data-chart=cosine] svg').textContent.includes('token 8 flies')")
     assert page.locator(f"figure[data-chart=cosine] path[stroke='{HOVER}']").count() >= 1  # run B's matched "flies"
+
+
+def open_heads(page: Page) -> dict:
+    """Open the panel of heads (one request, with the attribution) and wait for its heatmap; the request's body."""
+    with page.expect_response("**/api/charts") as answer:
+        page.click("#heads-toggle")
+    settle(page)
+    page.locator("figure[data-chart=heads_shares] svg").wait_for()
+    return answer.value.request.post_data_json
+
+
+def head_cell(page: Page, layer: int, part: int, parts: int, run: int = 0):
+    """The heatmap cell of one part at one layer (cells are drawn layer by layer, parts in the tap's order)."""
+    cells = page.locator("figure[data-chart=heads_shares] svg g.mark-rect").nth(2 * run).locator("path")
+    return cells.nth((layer - 1) * parts + part)
+
+
+def click_centre(page: Page, locator) -> None:
+    locator.scroll_into_view_if_needed()
+    box = locator.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+
+def chip_attention(page: Page) -> list[float]:
+    return [float(v) for v in page.locator(".chip").evaluate_all("chips => chips.map(c => c.dataset.attention)")]
+
+
+def test_heads_panel_draws_and_a_click_on_a_head_shades_the_chips_without_a_request(page, server, bundled):
+    open_page(page, f"{server.url}/#token=8")
+    assert page.is_hidden("#heads")
+    body = open_heads(page)
+    assert body["attribution"] is True and "heads=1" in page.url
+    found = analyze(SEED, bundled, attribution=True).attribution
+    parts = len(found.components)
+    change, shares = chart_text(page, "heads_change"), chart_text(page, "heads_shares")
+    assert "The cosine's change per layer, by part" in change and "token 8 flies" in change
+    assert all(name in change for name in ("residual", "heads", "other parts"))
+    assert "Which parts moved its cosine" in shares and "head 11" in shares and "attn_bias" in shares
+    cells = page.locator("figure[data-chart=heads_shares] svg g.mark-rect").first.locator("path")
+    assert cells.count() == len(found.layers) * parts  # the selected token's layers × parts
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+
+    click_centre(page, head_cell(page, 2, 2, parts))  # layer 2, head 1
+    page.wait_for_function("document.querySelectorAll('.chip.attended').length === 14")
+    assert "head=2.1" in page.url
+    assert chip_attention(page) == pytest.approx(found.attention[1, 1, 8], abs=1e-4)
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_sources] svg')?.textContent.includes('head 2.1')")
+    assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 1
+
+    page.keyboard.press("ArrowRight")  # the heatmap has the focus: head 2 of layer 2, then layer 3
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("location.hash.includes('head=3.2')")
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_sources] svg').textContent.includes('head 3.2')")
+    assert chip_attention(page) == pytest.approx(found.attention[2, 2, 8], abs=1e-4)
+
+    page.click(".chip[data-index='2']")  # another token: its own attention row, from the data the page holds
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_change] svg').textContent.includes('token 2 flies')")
+    assert chip_attention(page) == pytest.approx(found.attention[2, 2, 2], abs=1e-4)
+
+    cell = head_cell(page, 5, 4, parts)  # hovering head 3 of layer 5 outlines it and marks its layer
+    cell.hover()
+    page.wait_for_function(f"document.querySelectorAll(\"figure[data-chart=heads_shares] path[stroke='{HOVER}']\").length === 1")
+    assert page.locator(f"figure[data-chart=heads_change] g.mark-rule [stroke='{HOVER}']").count() == 1
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible")
+    shown = tooltip.inner_text()
+    head = next(h for h in found.heads(5, 2) if h.head == 3)
+    assert f"{head.share:+.4f}".replace("-", "\u2212") in shown  # d3 writes a minus sign
+    assert "rank without it" in shown and str(head.ablation_rank) in shown
+    assert ", ".join(f"{display.shown(s.text)} {s.weight:.2f}" for s in head.sources) in shown
+    page.hover(".chip[data-index='4']")  # a hovered token is outlined among the head's sources
+    page.wait_for_function(f"document.querySelectorAll(\"figure[data-chart=heads_sources] path[stroke='{HOVER}']\").length === 2")
+    assert requests == []
+
+
+def test_a_shared_link_reopens_the_head(page, server, bundled):
+    with page.expect_response("**/api/charts") as answer:
+        page.goto(f"{server.url}/#token=8&head=2.1")
+    settle(page)
+    assert answer.value.request.post_data_json["attribution"] is True
+    assert page.is_visible("#heads") and page.get_attribute("#heads-toggle", "aria-pressed") == "true"
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_sources] svg')?.textContent.includes('head 2.1')")
+    found = analyze(SEED, bundled, attribution=True).attribution
+    assert chip_attention(page) == pytest.approx(found.attention[1, 1, 8], abs=1e-4)
+    page.click("#heads-toggle")  # closing keeps the data: no request, no shading, out of the address
+    assert page.is_hidden("#heads") and page.locator(".chip.attended").count() == 0 and "head=" not in page.url
+
+
+def test_pinned_runs_show_their_heads_side_by_side(page, server, bundled):
+    open_page(page, f"{server.url}/#token=8&heads=1")
+    page.locator("figure[data-chart=heads_shares] svg").wait_for()
+    page.click("#pin")
+    with page.expect_response("**/api/compare") as answer:
+        page.select_option("#tap", "resid_post")
+    settle(page)
+    assert [run["attribution"] for run in answer.value.request.post_data_json["runs"]] == [True, True]
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_shares] svg')?.textContent.includes('resid_post')")
+    shares = chart_text(page, "heads_shares")
+    assert "resid_mid: Which parts moved its cosine" in shares and "resid_post: Which parts moved its cosine" in shares
+    assert "mlp" in shares  # resid_post has the MLP among its parts
+    parts = len(analyze(SEED, bundled, tap="resid_post", attribution=True).attribution.components)
+    click_centre(page, head_cell(page, 3, 1, parts, run=1))  # run B's head 0 of layer 3 chooses it for both runs
+    page.wait_for_function("location.hash.includes('head=3.0')")
+    assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 2
+    assert page.locator(".chip.attended").count() == 14
+
+
+def test_a_long_text_draws_the_heads_with_its_note(page, server):
+    """Past 64 tokens the attribution has no per-source detail: the panel says so, and a chosen head shades nothing."""
+    open_page(page, f"{server.url}/#text={quote(LONG)}&token=2&head=3.1")
+    page.locator("figure[data-chart=heads_shares] svg").wait_for()
+    assert "up to 64 tokens" in page.inner_text("#heads-note")
+    assert page.locator(f"figure[data-chart=heads_shares] path[stroke='{ACCENT}']").count() == 1
+    assert page.locator(".chip.attended").count() == 0
+
+
+def test_the_heads_of_smollm2(page, server, smollm2):
+    """A decoder with grouped-query attention: 9 query heads; a token attends only to itself and the tokens before it."""
+    text = "Fruit flies like a banana."
+    open_page(page, f"{server.url}/#model=smollm2&text={quote(text)}&token=1&head=1.6")
+    page.wait_for_function("document.querySelector('figure[data-chart=heads_sources] svg')?.textContent.includes('head 1.6')")
+    found = analyze(text, smollm2, attribution=True).attribution
+    assert found.num_heads == 9 and "head 8" in chart_text(page, "heads_shares")
+    shaded = chip_attention(page)
+    assert shaded == pytest.approx(found.attention[0, 6, 1], abs=1e-4) and shaded[2:] == [0.0] * (len(shaded) - 2)

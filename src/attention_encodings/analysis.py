@@ -22,7 +22,7 @@ import torch
 from .attribution import Attribution, attribute
 from .catalog import HEAD_MEASURES, LENS_MEASURES, MEASURES, SIMILARITY, TEXT_MEASURES, MeasureInfo
 from .display import brief, layer_span, listing, shown, typed
-from .errors import InputError, MeasureUnavailableError
+from .errors import InputError, MeasureUnavailableError, TokenError
 from .metrics import (
     DEFAULT_REFERENCE,
     HeadLens,
@@ -153,7 +153,7 @@ def token_index(tokens: Sequence[Token], query: int | str, other_than: int | Non
     found = token_matches(tokens, query)
     if not found:
         listing = " ".join(f"{t.index}:{t.shown}" for t in tokens)
-        raise InputError(f"no token matches {query!r}; tokens are {listing}")
+        raise TokenError(f"no token matches {query!r}; tokens are {listing}")
     return next((index for index in found if index != other_than), found[0])
 
 

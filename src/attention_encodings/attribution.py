@@ -134,6 +134,13 @@ class Attribution:
             ablation_rank=cut(self.ablation_rank, 2),
         )
 
+    def terms(self) -> np.ndarray:
+        """(N, K, T) every token's cosine change at layers 1..N split by part, as `delta` defines it (each part's
+        share; for `residual`, share_residual − cosine[l−1]), in float64."""
+        terms = self.shares.astype(np.float64)
+        terms[:, 0] -= self.cosine[:-1]
+        return terms
+
     def delta(self, token: int | str) -> pd.DataFrame:
         """Per layer 1..N, the cosine's change from the previous layer split by part: each part's share, except
         `residual`, which is share_residual − cosine[l−1], the residual's own change (what happened between the
@@ -142,8 +149,7 @@ class Attribution:
         import pandas as pd
 
         row = self._row(token)
-        terms = self.shares[:, :, row].astype(np.float64)
-        terms[:, 0] -= self.cosine[:-1, row]
+        terms = self.terms()[:, :, row]
         frame = pd.DataFrame(terms, columns=list(self.components), index=pd.Index(self.layers, name="layer"))
         frame.insert(0, "change", self.cosine[1:, row] - self.cosine[:-1, row])
         frame.insert(0, "cosine", self.cosine[1:, row])

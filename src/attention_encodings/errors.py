@@ -23,6 +23,10 @@ class OptionError(InputError):
     """An option's value is malformed or not one of its choices: a usage error (the command line exits 2)."""
 
 
+class TokenError(InputError):
+    """No token of the text matches the one asked for (by index or text)."""
+
+
 class MeasureUnavailableError(InputError, AttributeError):
     """A measure this analysis lacks because its model cannot give it (head_rank where there is no output head).
 

@@ -377,6 +377,20 @@ def plot_command(
         Optional[str],
         typer.Option(help="P,Q: draw the similarity of two tokens (indices or texts) against the layer, and every token pair's."),
     ] = None,
+    attribution: Annotated[
+        bool,
+        typer.Option(
+            "--attribution",
+            help="Draw which heads moved --token instead: its cosine's change per layer by part, and every layer × "
+            "part's share.",
+        ),
+    ] = False,
+    layer: Annotated[
+        Optional[int], typer.Option(help="With --attribution and --head: the layer (1..N) of the head whose sources to draw.")
+    ] = None,
+    head: Annotated[
+        Optional[int], typer.Option(help="With --attribution and --layer: the head (0..H-1) whose sources to draw.")
+    ] = None,
     *,
     runs: tuple[Settings, ...],
 ) -> None:
@@ -391,7 +405,14 @@ def plot_command(
     tokens = None if pair is None else parse_pair(pair)
     if tokens is not None and (measure is not None or token is not None):
         raise OptionError("--pair draws its own figure, of its two tokens; leave out --measure and --token")
+    if attribution and (tokens is not None or measure is not None):
+        raise OptionError("--attribution draws its own figure, of one token; leave out --pair and --measure")
+    if not attribution and (layer is not None or head is not None):
+        raise OptionError("--layer and --head choose a head for --attribution; add --attribution")
     source = read_text(text)
+    if attribution:
+        write_attribution(source, runs, token, layer, head, out)
+        return
     said: set[str] = set()
     results = [run_analysis(source, s if tokens is None else s.replace(similarity=True), said) for s in runs]
     selected = None if token is None else pick_token(results[0], token)
@@ -404,6 +425,29 @@ def plot_command(
             typer.echo(f"note: {note}", err=True)
         chart = pair_figure(comparison, *tokens) if tokens else overlay_figure(comparison, measure or "all", selected)
     save(chart, out)
+    typer.echo(f"wrote {out}", err=True)
+
+
+def write_attribution(
+    source: str, runs: tuple[Settings, ...], token: str | None, layer: int | None, head: int | None, out: Path
+) -> None:
+    """`plot --attribution`: the panel of which heads moved `token` (default: the first non-special), the runs side
+    by side; a token, layer or head the text or model does not have is a usage error (exit 2)."""
+    from ..comparison import compare
+    from ..errors import TokenError
+    from ..views import attribution_figure, default_token, save
+
+    said: set[str] = set()
+    try:
+        results = [run_analysis(source, s.replace(attribution=True), said, focus=token) for s in runs]
+        selected = default_token(results[0]) if token is None else pick_token(results[0], token)
+    except TokenError as error:
+        raise OptionError(str(error)) from error
+    comparison = compare(results)
+    note = comparison.note() if len(results) > 1 else None
+    if note:
+        typer.echo(f"note: {note}", err=True)
+    save(attribution_figure(comparison, selected, layer, head), out)
     typer.echo(f"wrote {out}", err=True)
 
 

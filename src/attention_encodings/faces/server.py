@@ -178,7 +178,8 @@ def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any
     """What the page draws for one run or several side by side (run A first): the last run's model, run A's
     tokens and default selection, each run's label, the measures and item tables drawn (those every run has),
     every chart's Vega-Lite spec and, once, the datasets the specs name (the page puts them back into each spec),
-    and a note naming tokens not in every run."""
+    a note naming tokens not in every run and, where every run has its attribution, each run's layers, heads and
+    note (what the page's panel of heads needs to move between cells)."""
     first = runs[0][1]
     comparison = compare([result for _, result in runs])
     specs, data = page_specs(comparison)
@@ -192,7 +193,16 @@ def chart_payload(runs: Sequence[tuple[ServedModel, Analysis]]) -> dict[str, Any
         "charts": specs,
         "datasets": data,
         "note": comparison.note(),
+        "attribution": _heads_of([result for _, result in runs]),
     }
+
+
+def _heads_of(results: Sequence[Analysis]) -> list[dict[str, Any]] | None:
+    """Each run's layers, heads and attribution note, or None unless every run has its attribution."""
+    found = [result.attribution for result in results]
+    if any(item is None for item in found):
+        return None
+    return [{"layers": len(item.layers), "heads": item.num_heads, "note": item.note} for item in found if item is not None]
 
 
 def _validation_detail(error: RequestValidationError) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """Views: the charts of an analysis as Vega-Lite specs, and their export to PNG, SVG, PDF and HTML."""
 
+from .attribution import attribution_charts, attribution_figure, check_head
 from .charts import (
     FIGURES,
     HOVERED,
@@ -31,10 +32,13 @@ __all__ = [
     "PAIRED",
     "SELECTED",
     "TABLES",
+    "attribution_charts",
+    "attribution_figure",
     "chart_specs",
     "charts",
     "check_figure",
     "check_file_type",
+    "check_head",
     "comparison_charts",
     "comparison_datasets",
     "datasets",

@@ -363,7 +363,9 @@ def pair_figure(comparison: Comparison, first: int | str, second: int | str) -> 
 
 def page_specs(comparison: Comparison, token: int | str | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """What the page draws for one run or several (run A first): every chart's Vega-Lite spec and the datasets
-    once. Runs that carry their similarity add `pair` and `similarity`."""
+    once. Runs that carry their similarity add `pair` and `similarity`; runs that carry their attribution add the
+    panel of which heads moved the token (`views.attribution.CHARTS`)."""
+    from .attribution import attribution_charts, attribution_datasets  # it builds on this module
     runs = comparison.runs
     if len(runs) == 1:
         specs, data = chart_specs(runs[0], token)
@@ -374,4 +376,7 @@ def page_specs(comparison: Comparison, token: int | str | None = None) -> tuple[
     if all(run.similarity is not None for run in runs):
         specs |= {name: chart.to_dict() for name, chart in pair_charts(comparison, token=token).items()}
         data[SIMILARITY_DATA] = similarity_rows(comparison)
+    if all(run.attribution is not None for run in runs):
+        specs |= {name: chart.to_dict() for name, chart in attribution_charts(comparison, token).items()}
+        data |= attribution_datasets(comparison)
     return specs, data

@@ -5,9 +5,15 @@
 // layer is a slider (a Vega parameter), read from the similarity the page asks for once, on the first pairing.
 // "Pin" keeps the current analysis as run A; a changed model, tap, reference or text then draws as run B beside
 // it (POST /api/compare: a line per run, heatmaps side by side; tokens are run A's, matched by text).
+// "Which heads moved it" opens a panel: the cosine's change per layer split into the residual term and the heads,
+// a layer × part heatmap of the cosine's shares and, for the head whose cell is clicked (or reached with the arrow
+// keys), each source's share and norm, with the chips shaded by that head's attention from the selected token.
+// Opening it asks the server once (`"attribution": true`); choosing a token or a head only sets Vega parameters
+// (`head_layer`, `head`, `hovered_layer`, `hovered_head`) and reads the attention the page already holds.
 // The table under the charts switches between the nearest vocabulary items and the output head's predictions
 // without asking the server either: both are drawn, one is shown.
-// The whole view (text, settings, selected and paired tokens, the pinned run, the table) lives in the URL's
+// The whole view (text, settings, selected and paired tokens, the pinned run, the table, the panel of heads and
+// its head as `head=L.H`) lives in the URL's
 // fragment, so the address can be shared.
 // (The fragment, not the query: Vega's SVG legends refer to their gradients by the page's address without
 // its fragment, so changing the query would break them.)
@@ -31,6 +37,10 @@ const page = {
   pinned: null,      // run A's request, or null
   hovered: -1,
   table: "neighbours",  // which item table shows: "neighbours" or "predictions"
+  heads: false,      // whether the panel of heads is open
+  head: { layer: -1, head: -1 },     // the chosen head (layer 1..N), -1 for none
+  hoveredHead: { layer: -1, head: -1 },
+  attention: new Map(),  // "layer.head.token" -> run A's attention weights over the sources
   generation: 0,     // answers to older requests are ignored
 };
 
@@ -94,6 +104,9 @@ function readURL() {
     }
   }
   page.paired = readNumber(query, "pair") ?? -1;
+  const head = (query.get("head") || "").match(/^(\d+)\.(\d+)$/);
+  page.head = head ? { layer: Number(head[1]), head: Number(head[2]) } : { layer: -1, head: -1 };
+  page.heads = query.has("heads") || head !== null;
   page.pinned = null;
   if (query.has(`${PINNED}text`)) {
     const pinned = { ...formRequest(), text: query.get(`${PINNED}text`) };
@@ -119,6 +132,8 @@ function writeURL() {
     for (const name of SETTINGS) if (page.pinned[name] !== undefined) query.set(`${PINNED}${name}`, page.pinned[name]);
   }
   if (page.table !== "neighbours") query.set("table", page.table);
+  if (page.heads && page.head.layer > 0) query.set("head", `${page.head.layer}.${page.head.head}`);
+  else if (page.heads) query.set("heads", "1");
   history.replaceState(null, "", `#${query}`);
 }
 
@@ -147,6 +162,7 @@ function formRequest() {
     body[name] = NUMBERS.has(name) ? Number(value) : value;
   }
   body.similarity = page.paired >= 0;
+  body.attribution = page.heads;
   if (body.normalize === "none" || !body.stats) delete body.stats;
   if (!body.lens) delete body.lens;
   return body;
@@ -171,7 +187,7 @@ async function analyse(wanted = null) {
   try {
     const comparing = page.pinned !== null && !sameRun(page.pinned, request);
     const answer = comparing
-      ? await call("/api/compare", { runs: [{ ...page.pinned, similarity: request.similarity }, request] })
+      ? await call("/api/compare", { runs: [{ ...page.pinned, similarity: request.similarity, attribution: request.attribution }, request] })
       : await call("/api/charts", request);
     const result = await answer.json();
     if (generation !== page.generation) return;
@@ -268,6 +284,89 @@ function showPairs() {
   $("#pairs").hidden = !(page.paired >= 0 && page.result && page.result.charts.pair);
 }
 
+// The panel of heads shows when open and drawn; its note says why a long text has no per-source detail.
+function showHeads() {
+  const drawn = page.result && page.result.attribution;
+  $("#heads").hidden = !(page.heads && drawn);
+  $("#heads-toggle").setAttribute("aria-pressed", page.heads);
+  const notes = drawn ? page.result.attribution.map((run) => run.note).filter(Boolean) : [];
+  $("#heads-note").textContent = notes.length ? `Note: ${notes[0]}.` : "";
+  $("#heads-note").hidden = !notes.length;
+}
+
+// Run A's attention rows, by layer, head and token, from the `head_sources` dataset the page already holds.
+function indexAttention(result) {
+  page.attention = new Map();
+  for (const row of (result.datasets.head_sources || [])) {
+    if (row.run === 0) page.attention.set(`${row.layer}.${row.head}.${row.key}`, row.weights);
+  }
+}
+
+// Shade each chip by the chosen head's attention from the selected token (relative to its largest weight).
+function shadeChips() {
+  const weights = page.heads && page.head.layer > 0 ? page.attention.get(`${page.head.layer}.${page.head.head}.${page.selected}`) : null;
+  const largest = weights ? Math.max(...weights) || 1 : 1;
+  for (const chip of document.querySelectorAll(".chip")) {
+    const weight = weights ? weights[Number(chip.dataset.index)] : undefined;
+    chip.classList.toggle("attended", weight !== undefined);
+    chip.classList.toggle("strong", weight !== undefined && weight / largest > 0.6);
+    if (weight === undefined) {
+      delete chip.dataset.attention;
+      chip.style.removeProperty("--attention");
+    } else {
+      chip.dataset.attention = weight.toFixed(4);
+      chip.style.setProperty("--attention", (0.85 * weight / largest).toFixed(3));
+    }
+  }
+}
+
+// Open the panel (the first time, asking the server for the attribution) or close it.
+async function toggleHeads() {
+  page.heads = !page.heads;
+  writeURL();
+  if (page.heads && !page.result.attribution) {
+    await analyse(page.selected);
+    return;
+  }
+  showHeads();
+  shadeChips();
+}
+
+// Choose a head (layer 1..N, head 0..H-1; -1, -1: none): its cell outlined, its sources drawn, the chips shaded.
+async function chooseHead(layer, head) {
+  page.head = { layer, head };
+  writeURL();
+  shadeChips();
+  await Promise.all([setSignal("head_layer", layer), setSignal("head", head)]);
+}
+
+async function hoverHead(layer, head) {
+  if (layer === page.hoveredHead.layer && head === page.hoveredHead.head) return;
+  page.hoveredHead = { layer, head };
+  await Promise.all([setSignal("hovered_layer", layer), setSignal("hovered_head", head)]);
+}
+
+// Arrow keys on the heatmap: left and right move between heads, up and down between layers (run A's).
+function moveHead(event) {
+  const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+  if (!(event.key in moves) || !page.result || !page.result.attribution) return;
+  event.preventDefault();
+  const { layers, heads } = page.result.attribution[0];
+  const [down, right] = moves[event.key];
+  const { layer, head } = page.head.layer > 0 ? page.head : { layer: 1, head: 0 };
+  const moved = page.head.layer > 0;
+  chooseHead(
+    Math.min(layers, Math.max(1, layer + (moved ? down : 0))),
+    Math.min(heads - 1, Math.max(0, head + (moved ? right : 0))),
+  );
+}
+
+// The head a chart item stands for: a head's cell of the heatmap, or null.
+function headOf(item) {
+  const datum = item && item.datum;
+  return datum && "component" in datum && Number.isInteger(datum.head) ? { layer: datum.layer, head: datum.head } : null;
+}
+
 async function draw(result, wanted) {
   describeModel(result.model);
   drawChips(result.tokens);
@@ -282,7 +381,11 @@ async function draw(result, wanted) {
   page.selected = indices.has(wanted) ? wanted : result.selected;
   if (!indices.has(page.paired) || page.paired === page.selected) page.paired = -1;
   page.hovered = -1;
+  page.hoveredHead = { layer: -1, head: -1 };
+  indexAttention(result);
   showPairs();
+  showHeads();
+  for (const figure of document.querySelectorAll("#heads figure.chart")) figure.replaceChildren();
   const figures = [...document.querySelectorAll("figure.chart")].filter((f) => f.dataset.chart in result.charts);
   for (const figure of document.querySelectorAll("#pairs figure.chart")) figure.replaceChildren();
   await Promise.all(figures.map(async (figure) => {
@@ -293,26 +396,36 @@ async function draw(result, wanted) {
     const renderer = CANVAS.has(name) ? "canvas" : "svg";
     const { view } = await vegaEmbed(holder, spec, { renderer, actions: false, logLevel: VEGA_LOG_ERRORS });
     view.addEventListener("click", (event, item) => {
+      const head = headOf(item);
+      if (head !== null) {
+        figure.focus();
+        chooseHead(head.layer, head.head);
+        return;
+      }
       const token = tokenOf(item);
       if (token !== null) (event.shiftKey ? pair(token) : select(token));
     });
     view.addEventListener("mouseover", (event, item) => {
+      const head = headOf(item);
+      if (head !== null) hoverHead(head.layer, head.head);
       const token = tokenOf(item);
       if (token !== null) hover(token);
     });
-    view.addEventListener("mouseout", () => hover(-1));
+    view.addEventListener("mouseout", () => { hover(-1); hoverHead(-1, -1); });
     page.views[name] = view;
     page.params[name] = new Set((spec.params || []).map((p) => p.name));
   }));
   await setSignal("paired", page.paired);
+  await Promise.all([setSignal("head_layer", page.head.layer), setSignal("head", page.head.head)]);
   await select(page.selected);
 }
 
-// The token (of run A) a chart item stands for: compared rows name it in `key` (-1: no match in run A).
+// The token (of run A) a chart item stands for: compared rows name it in `key` (-1: no match in run A); a source
+// bar names its source in `source_key`; the panel's cells and lines stand for the selected token, not one to pick.
 function tokenOf(item) {
   const datum = item && item.datum;
-  if (!datum) return null;
-  const token = "key" in datum ? datum.key : datum.token_index;
+  if (!datum || "component" in datum || "series" in datum) return null;
+  const token = "source_key" in datum ? datum.source_key : "key" in datum ? datum.key : datum.token_index;
   return Number.isInteger(token) && token >= 0 ? token : null;
 }
 
@@ -350,6 +463,7 @@ async function select(index) {
   page.selected = index;
   if (page.paired === index) page.paired = -1;
   markChips();
+  shadeChips();
   showPairs();
   writeURL();
   await Promise.all([setSignal("selected", index), setSignal("paired", page.paired)]);
@@ -444,6 +558,8 @@ async function start() {
     button.addEventListener("click", () => saveAnalysis(button.dataset.download));
   }
   $("#pin").addEventListener("click", togglePin);
+  $("#heads-toggle").addEventListener("click", toggleHeads);
+  $("figure[data-chart=heads_shares]").addEventListener("keydown", moveHead);
   window.addEventListener("hashchange", () => analyse(readURL()));
   await analyse(wanted);
 }
