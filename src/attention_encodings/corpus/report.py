@@ -49,7 +49,7 @@ for (const [name, spec] of Object.entries(specs)) {{
 </script>"""
 
 
-def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings) -> str:
+def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings, separating: pd.DataFrame | None = None) -> str:
     """The page: the model line, the counts, the settings and the speed, then every charted measure against the
     layer per group (median line, interquartile band)."""
     charted = {info.column for info in MEASURES.values() if info.charted}
