@@ -279,13 +279,14 @@ def test_bad_records_are_listed_not_fatal(tmp_path, tiny):
     path = tmp_path / "texts.txt"
     long = " ".join([SEED] * 6)
     path.write_bytes(f"{SEED}\n\n   \n{long}\n".encode() + b"bad \xff byte\nFruit flies.\n")
-    result = analyze_corpus(path, tmp_path / "out", tiny, top_k=5)
+    result = analyze_corpus(path, tmp_path / "out", tiny, top_k=5, attribution=True)
     texts = result.texts()
     assert texts.status.tolist() == ["ok", "skipped", "skipped", "skipped", "skipped", "ok"]
     assert texts.reason[1] == texts.reason[2] == "empty"
     assert f"accepts at most {TINY_MAX_POSITIONS - 2}" in texts.reason[3] and "--truncate" in texts.reason[3]
     assert texts.reason[4].startswith("not valid UTF-8 (byte 0xff")
     assert sorted(result.tokens().text_index.unique()) == [0, 5]
+    assert sorted(result.heads().text_index.unique()) == [0, 5]
     cut = analyze_corpus(path, tmp_path / "cut", tiny, top_k=5, truncate=True).texts()
     assert cut.status[3] == "truncated" and cut.n_tokens[3] == TINY_MAX_POSITIONS - 2 and cut.reason[3].startswith("cut from")
 
@@ -400,6 +401,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
         "40",
         "--threads",
         "1",
+        "--attribution",
         "--quiet",
     ]
     interrupted = tmp_path / "interrupted"
@@ -425,9 +427,13 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
     assert len(resumed) == 1 and 0 < resumed[0]["batches"] < uninterrupted[0]["batches"]  # the killed session left none
     pd.testing.assert_frame_equal(again.tokens(), whole.tokens())
     assert not again.tokens().duplicated(["text_index", "layer", "token_index"]).any()
+    pd.testing.assert_frame_equal(again.heads(), whole.heads())
+    assert not again.heads().duplicated(["text_index", "layer", "token_index", "component"]).any()
     pd.testing.assert_frame_equal(again.summary(), whole.summary())
+    pd.testing.assert_frame_equal(again.separating_heads(), whole.separating_heads())
     pd.testing.assert_frame_equal(again.texts(), whole.texts())
     assert torch.equal(again.stats().mean, whole.stats().mean) and torch.equal(again.stats().std, whole.stats().std)
-    assert sorted(p.name for p in (interrupted / "tokens").iterdir()) == sorted(
-        p.name for p in (tmp_path / "whole" / "tokens").iterdir()
-    )
+    for dataset in ("tokens", "heads"):
+        assert sorted(p.name for p in (interrupted / dataset).iterdir()) == sorted(
+            p.name for p in (tmp_path / "whole" / dataset).iterdir()
+        )

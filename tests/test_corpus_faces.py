@@ -54,6 +54,7 @@ def test_corpus_command_runs_and_reports(capsys, tmp_path, tiny_roberta):
         (["--engine", "spark"], 2, "error: unknown engine 'spark'; choose one of: local, ray"),
         (["--batch-tokens", "0"], 2, "error: Invalid value for '--batch-tokens'"),
         (["--tap", "resid_pre"], 2, "error: unknown tap 'resid_pre'"),
+        (["--ablation"], 2, "error: ablation ranks are part of the attribution; add --attribution"),
     ],
 )
 def test_corpus_command_usage_errors(capsys, tmp_path, tiny_roberta, arguments, code, message):
@@ -96,7 +97,7 @@ def test_ray_engine_equals_local(tmp_path, tiny_roberta):
     """The same batches on Ray Data's model actors (a local Ray started for the run) write the same numbers, up to
     float32 rounding: each actor runs one torch thread, the local engine one per core, and a sum split over two
     threads rounds differently."""
-    options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48}
+    options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48, "attribution": True, "ablation": True}
     local = analyze_corpus(TEXTS, tmp_path / "local", str(tiny_roberta), **options)
     ray = analyze_corpus(TEXTS, tmp_path / "ray", str(tiny_roberta), engine="ray", **options)
     assert ray.manifest["run"]["engine"] == "ray" and ray.manifest["counts"]["shards"] > 2
@@ -106,6 +107,9 @@ def test_ray_engine_equals_local(tmp_path, tiny_roberta):
     assert np.allclose(tokens["zscore"], expected["zscore"], atol=2e-5, rtol=0)
     assert ray.tokens()["rank"].tolist() == local.tokens()["rank"].tolist()
     pd.testing.assert_frame_equal(ray.neighbours().drop(columns="cosine"), local.neighbours().drop(columns="cosine"))
+    heads, expected = ray.heads(), local.heads()
+    assert len(heads) > 0 and heads.ablation_rank.notna().any()
+    pd.testing.assert_frame_equal(heads, expected, check_exact=False, atol=1e-6, rtol=0)
     summary, expected = ray.summary(), local.summary()
     z = expected["measure"] == "zscore"
     pd.testing.assert_frame_equal(summary[~z], expected[~z], check_exact=False, atol=1e-6, rtol=0)
