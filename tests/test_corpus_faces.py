@@ -174,3 +174,31 @@ def test_sample_runs_on_the_bundled_model(tmp_path, bundled):
     summary = result.summary()
     assert result.manifest["input"]["records"] == 3 and {"all", "function", "content", "special", "NOUN"} <= set(summary.group)
     assert load_model("bundled") is bundled
+
+
+def test_report_draws_the_heads_section_in_chromium(tmp_path, browser, bundled):
+    """With attribution the report has its section: a layer × part heatmap per broad group, one cell per (layer,
+    part), and the table of the heads that separate function words from content words, 3 per layer."""
+    run = analyze_corpus("sample", tmp_path / "heads", bundled, limit=6, top_k=10, attribution=True)
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((run.path / "report.html").as_uri())
+    page.wait_for_function("document.querySelectorAll('figure svg').length == 12", timeout=60_000)  # 8 + 4 heatmaps
+    parts = run.heads().component.nunique()
+    assert parts == 12 + 2  # residual, 12 heads, attn_bias at resid_mid
+    for group in ("all", "function", "content", "special"):
+        cells = page.locator(f"#heads_{group} svg g.mark-rect.role-mark path")
+        assert cells.count() == 6 * parts, group
+        assert f"{group} (n = " in page.inner_text(f"#heads_{group}")
+    assert "head 11" in page.inner_text("#heads_function")
+    rows = page.locator("#separating tr")
+    assert rows.count() == 1 + 6 * 3
+    table = run.separating_heads()
+    first = table.iloc[0]
+    assert rows.nth(1).inner_text().split("\t")[:3] == [str(int(first.layer)), str(int(first["head"])), f"{first.difference:+.4f}"]
+    assert f"n = {int(first.function_n):,} tokens" in page.inner_text("#heads ~ p.explain >> nth=1")
+    assert errors == []
+    page.close()
+    plain = analyze_corpus("sample", tmp_path / "plain", bundled, limit=2, top_k=10)
+    assert 'id="heads"' not in (plain.path / "report.html").read_text() and not (plain.path / "heads.csv").exists()

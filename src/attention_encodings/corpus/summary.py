@@ -9,14 +9,13 @@ import numpy as np
 import pandas as pd
 
 from ..models import usable_cpus
+from ..views.corpus_heads import SHARE
 from .words import CONTENT, FUNCTION, UPOS
 
 COLUMNS = ("group", "layer", "measure", "component", "n", "mean", "std", "q10", "q25", "median", "q75", "q90")
 QUANTILES = {"q10": 0.1, "q25": 0.25, "median": 0.5, "q75": 0.75, "q90": 0.9}
 ANISOTROPY = "anisotropy"
 """The summary's baseline row: the mean cosine between non-special tokens of different texts, per layer."""
-SHARE = "share"
-"""The measure of the attribution's rows, one per (group, layer, component)."""
 
 
 def group_order(groups: list[str]) -> list[str]:
