@@ -104,7 +104,8 @@ class CorpusAnalysis:
         return pd.read_parquet(self.path / store.TEXTS)
 
     def summary(self) -> pd.DataFrame:
-        """One row per (group, layer, measure): n, mean, std, q10, q25, median, q75, q90."""
+        """One row per (group, layer, measure), and with attribution per (group, layer, component) of `share`:
+        n, mean, std, q10, q25, median, q75, q90."""
         return pd.read_parquet(self.path / store.SUMMARY_PARQUET)
 
     def stats(self) -> Stats:
