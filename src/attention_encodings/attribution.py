@@ -247,12 +247,10 @@ def blocks_of(handle: LoadedModel, traced: Trace, item: int | None = 0) -> Block
     )
 
 
-def unpadded(values: torch.Tensor, traced: Trace, item: int | None, axis: int = 1) -> torch.Tensor:
-    """A capture (B, ...) padded after each text, without its padding: encoding `item`'s tokens, or (`item=None`)
-    every encoding's one after another; `axis` is the token axis once B is gone."""
-    if item is not None:
-        return values[item].narrow(axis, 0, len(traced.encodings[item]))
-    return torch.cat([values[i].narrow(axis, 0, len(e)) for i, e in enumerate(traced.encodings)], dim=axis)
+def unpadded(values: torch.Tensor, traced: Trace, item: int | None) -> torch.Tensor:
+    """A capture (B, N, T, ...) padded after each text, without its padding: encoding `item`'s tokens, or
+    (`item=None`) every encoding's one after another (`Trace.unpad`)."""
+    return traced.unpad(values) if item is None else values[item, :, : len(traced.encodings[item])]
 
 
 def _cosine_shares(
@@ -358,7 +356,7 @@ def attribute_batch(
     token_ids = torch.cat([e.input_ids for e in traced.encodings])
     offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in traced.encodings])
     names, found, _, _ = _cosine_shares(blocks, traced.packed(tap), tap, space, normalized, token_ids, offsets)
-    entropy = unpadded(attention_entropy(traced.heads.weights), traced, None, axis=2)  # (B, N, H, T) → (N, H, ΣT)
+    entropy = traced.unpad(attention_entropy(traced.heads.weights), axis=2)  # (B, N, H, T) → (N, H, ΣT)
     ranks = None
     if ablation:
         every = torch.arange(token_ids.shape[0], device=token_ids.device)
