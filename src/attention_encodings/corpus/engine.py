@@ -272,7 +272,8 @@ def _head_rows(found: BatchAttribution, text_indices: np.ndarray, text_of: np.nd
     import pyarrow as pa
 
     layers, parts, total = found.shares.shape
-    layer, part, token = (grid.reshape(-1) for grid in np.meshgrid(np.arange(layers), np.arange(parts), np.arange(total), indexing="ij"))
+    grids = np.meshgrid(np.arange(layers), np.arange(parts), np.arange(total), indexing="ij")
+    layer, part, token = (grid.reshape(-1) for grid in grids)
     order = np.lexsort((part, token, layer, text_of[token]))
     layer, part, token = layer[order], part[order], token[order]
     head = part - 1

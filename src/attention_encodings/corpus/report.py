@@ -87,7 +87,9 @@ def _heads_section(figures: str, separating: pd.DataFrame | None) -> str:
     )
 
 
-def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings, separating: pd.DataFrame | None = None) -> str:
+def report_html(
+    manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings, separating: pd.DataFrame | None = None
+) -> str:
     """The page: the model line, the counts, the settings and the speed, then every charted measure against the
     layer per group (median line, interquartile band)."""
     charted = {info.column for info in MEASURES.values() if info.charted}

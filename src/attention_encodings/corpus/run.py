@@ -241,7 +241,10 @@ def run_corpus(
 
     if ablation and pending and on_note is not None:
         heads = int(handle.model.config.num_attention_heads)
-        on_note(f"ablation ranks every head's ablated vector: about {heads} times the scan's work, so the run takes that much longer")
+        on_note(
+            f"ablation ranks every head's ablated vector: about {heads} times the scan's work, "
+            "so the run takes that much longer"
+        )
     work = functools.partial(measure_batch, ablation=True) if ablation else measure_batch
     started, measured = time.perf_counter(), 0
     shards = (

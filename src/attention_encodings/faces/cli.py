@@ -504,7 +504,8 @@ def corpus_command(
     used = set_threads(settings.threads)
     with corpus_progress(quiet) as progress:
         result = run_corpus(
-            settings.replace(attribution=attribution), source, out, ablation=ablation, limit=limit, engine=engine, text_field=text_field, format=input_format,
+            settings.replace(attribution=attribution), source, out, ablation=ablation, limit=limit, engine=engine,
+            text_field=text_field, format=input_format,
             batch_tokens=batch_tokens, ray_address=ray_address, overwrite=overwrite, progress=progress,
             on_model=lambda handle: say(model_line(handle, used)), on_note=lambda note: say(f"note: {note}"),
         )
