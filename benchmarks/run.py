@@ -3,7 +3,8 @@
     python benchmarks/run.py                  # the full run on a roberta-base-shaped model and the bundled one
     python benchmarks/run.py --smoke          # tiny shapes, a few seconds: checks the script itself (CI runs this)
     python benchmarks/run.py --json out.json  # also write every figure as JSON
-    python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model
+    python benchmarks/run.py --only corpus    # only case 7, corpus mode on the bundled model (its 7b too)
+    python benchmarks/run.py --only corpus-attribution --corpus-sentences 30   # only 7b, corpus --attribution's cost
     python benchmarks/run.py --only head      # only case 8, the cost of the output-head lens
     python benchmarks/run.py --only baselines # only case 9, the cost of the vocabulary baselines
     python benchmarks/run.py --only soak      # only case 10, 16 clients for 60 s against the server (bundled model)
@@ -282,6 +283,30 @@ def corpus_case(handle: LoadedModel, shape: Shape, figures: list[Figure], device
         found = corpus_rss(shape, size, device)
         detail = f"{size} sample sentences, fresh process" + ("" if found["peak_reset"] else "; peak includes loading")
         figures.append(Figure(f"7. corpus mode: peak RSS above the loaded model, {size} sentences", name, (found["peak_kib"] - found["model_kib"]) / 2**20, "GiB", detail))
+
+
+def corpus_attribution_case(handle: LoadedModel, sentences: int, figures: list[Figure], repeats: int, device: str) -> None:
+    """Case 7b: the same `analyze_corpus` call without and with `attribution=True`, taking turns in the same rounds;
+    then once with `ablation=True` too (about H times the scan's work, so not repeated)."""
+    name = label(handle)
+    texts = corpus_texts(sentences, handle)
+    tokens = sum(len(encode(handle, t)) for t in texts)
+    with tempfile.TemporaryDirectory() as folder:
+
+        def run(**options: bool) -> Callable[[], object]:
+            return lambda: analyze_corpus(texts, Path(tempfile.mkdtemp(dir=folder)) / "out", handle, **options)
+
+        seconds = timed_together(
+            {"plain": run(), "attribution": run(attribution=True)}, max(1, repeats), torch.device(device) if device != "auto" else handle.device
+        )
+        start = time.perf_counter()
+        run(attribution=True, ablation=True)()
+        seconds["ablation"] = time.perf_counter() - start
+    detail = f"{len(texts)} sample sentences, {tokens} tokens, resid_mid, embedding reference, whole call with its files"
+    for run_name, said in (("plain", "without --attribution"), ("attribution", "--attribution"), ("ablation", "--attribution --ablation")):
+        figures.append(Figure(f"7b. corpus mode, {said}", name, tokens / seconds[run_name], "tokens/s", detail))
+    figures.append(Figure("7b. corpus mode: throughput with --attribution / without", name, seconds["plain"] / seconds["attribution"], "×"))
+    figures.append(Figure("7b. corpus mode: throughput with --ablation / without", name, seconds["plain"] / seconds["ablation"], "×"))
 
 
 def corpus_rss(shape: Shape, sentences: int, device: str) -> dict[str, int]:
@@ -828,6 +853,9 @@ def targets(figures: list[Figure], shape: Shape) -> list[tuple[str, float, str, 
         checks.append(("corpus mode / batched floor (aim)", ratio, "≤ 1.3", ratio <= 1.3))
         small, large = (corpus[f"7. corpus mode: peak RSS above the loaded model, {n} sentences"] for n in shape.corpus_sizes)
         checks.append((f"corpus peak RSS, {shape.corpus_sizes[1]} / {shape.corpus_sizes[0]} sentences", large / small, "≤ 1.2 (flat)", large <= 1.2 * small))
+    attributed = next((f.value for f in figures if f.case == "7b. corpus mode: throughput with --attribution / without"), None)
+    if attributed is not None:
+        checks.append(("corpus throughput with --attribution / without", attributed, "≥ 0.75", attributed >= 0.75))
     soaked = {f.case.split(": ", 1)[1]: f.value for f in figures if f.case.startswith("10. ")}
     if soaked:
         checks.append(("soak: answers unlike the serial ones", soaked["wrong answers"], "0", soaked["wrong answers"] == 0))
@@ -856,9 +884,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here as JSON")
     parser.add_argument(
         "--only",
-        choices=("corpus", "head", "baselines", "soak", "attribution", "lens"),
-        help="run only this case (corpus: 7; head: 8; baselines: 9; soak: 10; attribution: 11; lens: 12)",
+        choices=("corpus", "corpus-attribution", "head", "baselines", "soak", "attribution", "lens"),
+        help="run only this case (corpus: 7 and 7b; corpus-attribution: 7b; head: 8; baselines: 9; soak: 10; attribution: 11; lens: 12)",
     )
+    parser.add_argument("--corpus-sentences", type=int, default=None, help="sample sentences in case 7b (default: case 7's)")
     parser.add_argument("--rss-child", choices=("seed", "long"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus-rss", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shape", default=FULL.name, help=argparse.SUPPRESS)
@@ -890,6 +919,9 @@ def main() -> None:
         memory(shape, figures, args.device)
     if args.only in (None, "corpus"):
         corpus_case(models[-1], shape, figures, args.device)
+    if args.only in (None, "corpus", "corpus-attribution"):
+        sentences = args.corpus_sentences or shape.corpus_sentences
+        corpus_attribution_case(models[-1], sentences, figures, max(1, shape.repeats // 2), args.device)
     if args.only in (None, "head"):
         head_lens_cost(shape, figures, args.device)
     if args.only in (None, "baselines"):

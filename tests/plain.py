@@ -401,3 +401,26 @@ def plain_rank(vector: torch.Tensor, unit_rows: torch.Tensor, own: int) -> tuple
     tie it within TIE."""
     cos = unit_rows @ (vector.float() / vector.float().norm())
     return int((cos > cos[own]).sum()), ties_near(cos, float(cos[own])) - 1
+
+
+def plain_bootstrap_difference(
+    rows: list[tuple[int, int, float]], resamples: int, seed: int
+) -> tuple[float, float, float]:
+    """The function − content difference of mean value over rows (text, group 0/1, value), and its percentile 95 %
+    interval: resample by resample, draw texts with replacement (the same multinomial draws as the fast path) and
+    average every drawn text's rows, one loop per resample."""
+    texts = sorted({text for text, _, _ in rows})
+    by_text = {t: [(g, v) for text, g, v in rows if text == t] for t in texts}
+
+    def difference(weights: list[float]) -> float:
+        totals, counts = [0.0, 0.0], [0.0, 0.0]
+        for t, weight in zip(texts, weights):
+            for g, v in by_text[t]:
+                totals[g] += weight * v
+                counts[g] += weight
+        return totals[0] / counts[0] - totals[1] / counts[1]
+
+    draws = np.random.default_rng(seed).multinomial(len(texts), np.full(len(texts), 1 / len(texts)), size=resamples)
+    found = sorted(difference(list(draw)) for draw in draws)
+    low, high = np.quantile(found, [0.025, 0.975])
+    return difference([1.0] * len(texts)), float(low), float(high)

@@ -27,7 +27,8 @@ def test_smoke_run_reports_every_case(tmp_path):
                    "4. cold analyze / minimal script", "4. --help", "5. peak RSS",
                    "floor: forward pass", "floor: GEMM", "floor: total", "naive loop", "7. corpus mode",
                    "8. head lens, seed sentence", "8. head lens, long input", "9. baselines, seed sentence",
-                   "9. baselines, long input", "11. attribution, seed sentence", "12. learned lens, all-MiniLM-L6-v2"):
+                   "9. baselines, long input", "11. attribution, seed sentence", "12. learned lens, all-MiniLM-L6-v2",
+                   "7b. corpus mode, --attribution"):
         assert any(case.startswith(prefix) for case in cases), prefix
     assert all(figure["value"] > 0 for figure in data["figures"] if not {"above", "add", "adds"} & set(figure["case"].split()))
     for reference in ("word", "embedding"):

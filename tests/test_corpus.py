@@ -24,6 +24,7 @@ from attention_encodings.corpus.sources import Word, _split, read_source
 from attention_encodings.corpus.words import CONTENT, FUNCTION, token_words
 from attention_encodings.trace import encode, trace
 from conftest import SEED, TINY_MAX_POSITIONS, subprocess_env
+from plain import plain_bootstrap_difference
 
 HANDMADE = """# sent_id = handmade-1
 # text = They didn't go to the area.
@@ -57,8 +58,11 @@ def conllu_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_run(conllu_file, tmp_path_factory, bundled):
-    """One corpus run on the bundled model, in several batches, with neighbours."""
-    return analyze_corpus(conllu_file, tmp_path_factory.mktemp("run") / "out", bundled, top_k=20, neighbours=3, batch_tokens=64)
+    """One corpus run on the bundled model, in several batches, with neighbours and attribution (ablation too)."""
+    return analyze_corpus(
+        conllu_file, tmp_path_factory.mktemp("run") / "out", bundled, top_k=20, neighbours=3, batch_tokens=64,
+        attribution=True, ablation=True,
+    )  # fmt: skip
 
 
 def test_batched_rows_equal_analyze_text_by_text(bundled_run, bundled):
@@ -81,6 +85,36 @@ def test_neighbours_dataset(bundled_run, bundled):
     alone = analyze(bundled_run.texts().text[0], bundled, top_k=20, neighbours=3).neighbours_frame()
     assert len(first) == len(alone) and first.neighbour_id.tolist() == alone.neighbour_id.tolist()
     assert first.neighbour_text.tolist() == alone.neighbour_text.tolist()
+
+
+def test_heads_dataset_equals_attribution_text_by_text(bundled_run, bundled):
+    """heads/ holds, per text, exactly what `analyze(..., attribution=True)` gives: the shares and ablation ranks
+    of `Attribution.to_frame()`, and each head's attention entropy from its attention row."""
+    heads, texts = bundled_run.heads(), bundled_run.texts()
+    assert list(heads.columns) == ["text_index", "token_index", "layer", "component", "share", "attention_entropy", "ablation_rank"]
+    assert not heads.duplicated(["text_index", "layer", "token_index", "component"]).any()
+    for index, text in zip(texts.text_index, texts.text):
+        found = analyze(text, bundled, top_k=20, neighbours=3, attribution=True).attribution
+        alone = found.to_frame().sort_values(["layer", "token_index"], kind="stable").reset_index(drop=True)
+        rows = heads[heads.text_index == index].reset_index(drop=True)
+        assert rows.component.astype(str).tolist() == alone.component.tolist()
+        assert rows.layer.tolist() == alone.layer.tolist() and rows.token_index.tolist() == alone.token_index.tolist()
+        assert np.allclose(rows.share.to_numpy(), alone.share.to_numpy(), atol=1e-5, rtol=0)
+        assert rows.ablation_rank.astype("Int64").tolist() == alone.ablation_rank.tolist()
+        weights = found.attention.astype(np.float64)  # (N, H, T, S)
+        plain = np.zeros(weights.shape[:3])
+        for layer, head, token in np.ndindex(*plain.shape):
+            row = weights[layer, head, token]
+            plain[layer, head, token] = -sum(w * np.log2(w) for w in row if w > 0)
+        is_head = rows.component.astype(str).str.startswith("head ")
+        assert rows.attention_entropy[~is_head].isna().all()
+        entropy = rows[is_head].sort_values(["layer", "component", "token_index"], key=_head_order, kind="stable")
+        assert np.allclose(entropy.attention_entropy.to_numpy(), plain.reshape(-1), atol=1e-4, rtol=0)
+
+
+def _head_order(column: pd.Series) -> pd.Series:
+    """Heads by number (head 2 before head 10)."""
+    return column.astype(str).str.removeprefix("head ").astype(int) if column.name == "component" else column
 
 
 def test_gold_parts_of_speech_with_multiword_tokens_and_no_space(bundled_run):
@@ -121,7 +155,9 @@ def test_token_words_uses_the_first_character_that_is_in_a_word():
 
 def test_summary_matches_pandas(bundled_run):
     tokens, summary = bundled_run.tokens(), bundled_run.summary()
-    assert list(summary.columns) == ["group", "layer", "measure", "n", "mean", "std", "q10", "q25", "median", "q75", "q90"]
+    assert list(summary.columns) == [
+        "group", "layer", "measure", "component", "n", "mean", "std", "q10", "q25", "median", "q75", "q90"
+    ]  # fmt: skip
     words = tokens[~tokens.special]
     groups = {
         "all": words,
@@ -147,6 +183,41 @@ def test_summary_matches_pandas(bundled_run):
     order = summary.group.drop_duplicates().tolist()
     assert order[:3] == ["all", "function", "content"] and order[-1] == "special"
     assert summary.to_csv(index=False) == (bundled_run.path / "summary.csv").read_text()
+    heads = bundled_run.heads().merge(tokens[tokens.layer == 0][["text_index", "token_index", "special", "upos"]])
+    shares = summary[summary.measure == "share"]
+    assert shares.component.drop_duplicates().tolist()[:3] == ["residual", "head 0", "head 1"]
+    assert summary[summary.measure != "share"].component.isna().all()
+    for group, rows in (("all", heads[~heads.special]), ("function", heads[~heads.special & heads.upos.isin(FUNCTION)])):
+        for (layer, component), part in rows.groupby(["layer", rows.component.astype(str)]):
+            row = shares[(shares.group == group) & (shares.layer == layer) & (shares.component == component)].iloc[0]
+            values = part.share.astype(float)
+            assert row.n == len(values) and row["mean"] == pytest.approx(values.mean(), abs=1e-7)
+            assert row["median"] == pytest.approx(values.median(), abs=1e-7)
+            assert row["q90"] == pytest.approx(values.quantile(0.9), abs=1e-7)
+
+
+def test_separating_heads_bootstrap_over_texts(bundled_run):
+    """heads.csv: each head's function − content difference and its interval, as a plain bootstrap computes them
+    resample by resample from the same draws; both groups' n; heads by |difference| within each layer."""
+    from attention_encodings.corpus.separation import RESAMPLES, SEED
+
+    table = bundled_run.separating_heads()
+    tokens = bundled_run.tokens()
+    words = tokens[(tokens.layer == 0) & ~tokens.special & tokens.upos.isin([*FUNCTION, *CONTENT])]
+    heads = bundled_run.heads().merge(words[["text_index", "token_index", "upos"]])
+    assert len(table) == 6 * 12 and table.layer.tolist() == sorted(table.layer)
+    assert table.function_n.unique().tolist() == [words.upos.isin(FUNCTION).sum()]
+    assert table.content_n.unique().tolist() == [words.upos.isin(CONTENT).sum()]
+    for layer, part in table.groupby("layer"):
+        assert part.difference.abs().tolist() == sorted(part.difference.abs(), reverse=True)
+    assert (table.low <= table.difference).all() and (table.difference <= table.high).all()
+    for layer, head in ((2, 3), (5, 7)):
+        rows = heads[(heads.layer == layer) & (heads.component.astype(str) == f"head {head}")]
+        plain = plain_bootstrap_difference(
+            list(zip(rows.text_index, (~rows.upos.isin(FUNCTION)).astype(int), rows.share.astype(float))), RESAMPLES, SEED
+        )
+        row = table[(table.layer == layer) & (table["head"] == head)].iloc[0]
+        assert (row.difference, row.low, row.high) == pytest.approx(plain, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -208,13 +279,14 @@ def test_bad_records_are_listed_not_fatal(tmp_path, tiny):
     path = tmp_path / "texts.txt"
     long = " ".join([SEED] * 6)
     path.write_bytes(f"{SEED}\n\n   \n{long}\n".encode() + b"bad \xff byte\nFruit flies.\n")
-    result = analyze_corpus(path, tmp_path / "out", tiny, top_k=5)
+    result = analyze_corpus(path, tmp_path / "out", tiny, top_k=5, attribution=True)
     texts = result.texts()
     assert texts.status.tolist() == ["ok", "skipped", "skipped", "skipped", "skipped", "ok"]
     assert texts.reason[1] == texts.reason[2] == "empty"
     assert f"accepts at most {TINY_MAX_POSITIONS - 2}" in texts.reason[3] and "--truncate" in texts.reason[3]
     assert texts.reason[4].startswith("not valid UTF-8 (byte 0xff")
     assert sorted(result.tokens().text_index.unique()) == [0, 5]
+    assert sorted(result.heads().text_index.unique()) == [0, 5]
     cut = analyze_corpus(path, tmp_path / "cut", tiny, top_k=5, truncate=True).texts()
     assert cut.status[3] == "truncated" and cut.n_tokens[3] == TINY_MAX_POSITIONS - 2 and cut.reason[3].startswith("cut from")
 
@@ -329,6 +401,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
         "40",
         "--threads",
         "1",
+        "--attribution",
         "--quiet",
     ]
     interrupted = tmp_path / "interrupted"
@@ -354,9 +427,13 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, tiny_roberta):
     assert len(resumed) == 1 and 0 < resumed[0]["batches"] < uninterrupted[0]["batches"]  # the killed session left none
     pd.testing.assert_frame_equal(again.tokens(), whole.tokens())
     assert not again.tokens().duplicated(["text_index", "layer", "token_index"]).any()
+    pd.testing.assert_frame_equal(again.heads(), whole.heads())
+    assert not again.heads().duplicated(["text_index", "layer", "token_index", "component"]).any()
     pd.testing.assert_frame_equal(again.summary(), whole.summary())
+    pd.testing.assert_frame_equal(again.separating_heads(), whole.separating_heads())
     pd.testing.assert_frame_equal(again.texts(), whole.texts())
     assert torch.equal(again.stats().mean, whole.stats().mean) and torch.equal(again.stats().std, whole.stats().std)
-    assert sorted(p.name for p in (interrupted / "tokens").iterdir()) == sorted(
-        p.name for p in (tmp_path / "whole" / "tokens").iterdir()
-    )
+    for dataset in ("tokens", "heads"):
+        assert sorted(p.name for p in (interrupted / dataset).iterdir()) == sorted(
+            p.name for p in (tmp_path / "whole" / dataset).iterdir()
+        )

@@ -128,11 +128,15 @@ def _actors(folder: Path) -> list[psutil.Process]:
 
 
 def _same_run(ray_run: CorpusAnalysis, local_run: CorpusAnalysis) -> None:
-    """Every column of tokens/ and stats.npz equal, and of summary.csv to float64 rounding, with no duplicate
-    rows."""
+    """Every column of tokens/, heads/ and stats.npz equal, and of summary.csv and heads.csv to float64 rounding,
+    with no duplicate rows."""
     tokens = ray_run.tokens()
     assert not tokens.duplicated(["text_index", "layer", "token_index"]).any()
     pd.testing.assert_frame_equal(tokens, local_run.tokens(), check_exact=True)
+    heads = ray_run.heads()
+    assert not heads.duplicated(["text_index", "layer", "token_index", "component"]).any()
+    pd.testing.assert_frame_equal(heads, local_run.heads(), check_exact=True)
+    pd.testing.assert_frame_equal(ray_run.separating_heads(), local_run.separating_heads(), check_exact=False, rtol=1e-9, atol=1e-12)
     pd.testing.assert_frame_equal(  # equal but for the order in which DuckDB's threads add float64s up
         pd.read_csv(ray_run.path / "summary.csv"), pd.read_csv(local_run.path / "summary.csv"), check_exact=False, rtol=1e-9, atol=0
     )
@@ -145,10 +149,10 @@ def _same_run(ray_run: CorpusAnalysis, local_run: CorpusAnalysis) -> None:
 
 @pytest.fixture(scope="module")
 def local_sample(tmp_path_factory, bundled) -> CorpusAnalysis:
-    """The local engine's run of the first 40 sample sentences on the bundled model, one thread."""
+    """The local engine's run of the first 40 sample sentences on the bundled model, one thread, with attribution."""
     out = tmp_path_factory.mktemp("local") / "run"
     done = run_cli("corpus", "sample", "--out", str(out), "--model", "bundled", "--limit", "40", "--batch-tokens", "256",
-                   "--threads", "1", "--quiet")  # fmt: skip
+                   "--threads", "1", "--attribution", "--quiet")  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     return CorpusAnalysis(out)
 
@@ -182,7 +186,7 @@ def test_the_command_line_on_a_cluster_equals_the_local_engine(cluster, local_sa
     out = tmp_path / "ray"
     with _ActorNodes(folder) as actor_nodes:
         done = run_cli("corpus", "sample", "--out", str(out), "--model", "bundled", "--limit", "40", "--batch-tokens", "256",
-                       "--threads", "1", "--engine", "ray", "--ray-address", address)  # fmt: skip
+                       "--threads", "1", "--attribution", "--engine", "ray", "--ray-address", address)  # fmt: skip
     err = done.stderr.decode()
     assert done.returncode == 0, err[-3000:]
     assert f"ray: 2 model actors on a cluster at {address}" in err
@@ -199,8 +203,8 @@ def test_a_killed_driver_resumes_on_the_cluster(cluster, local_sample, tmp_path)
     address, _ = cluster
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "attention_encodings", "corpus", "sample", "--out", str(out), "--model", "bundled",
-               "--limit", "40", "--batch-tokens", "256", "--threads", "1", "--engine", "ray", "--ray-address", address,
-               "--quiet"]  # fmt: skip
+               "--limit", "40", "--batch-tokens", "256", "--threads", "1", "--attribution", "--engine", "ray",
+               "--ray-address", address, "--quiet"]  # fmt: skip
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while not list((out / "shards").glob("*.npz")):

@@ -54,6 +54,7 @@ def test_corpus_command_runs_and_reports(capsys, tmp_path, tiny_roberta):
         (["--engine", "spark"], 2, "error: unknown engine 'spark'; choose one of: local, ray"),
         (["--batch-tokens", "0"], 2, "error: Invalid value for '--batch-tokens'"),
         (["--tap", "resid_pre"], 2, "error: unknown tap 'resid_pre'"),
+        (["--ablation"], 2, "error: ablation ranks are part of the attribution; add --attribution"),
     ],
 )
 def test_corpus_command_usage_errors(capsys, tmp_path, tiny_roberta, arguments, code, message):
@@ -96,7 +97,7 @@ def test_ray_engine_equals_local(tmp_path, tiny_roberta):
     """The same batches on Ray Data's model actors (a local Ray started for the run) write the same numbers, up to
     float32 rounding: each actor runs one torch thread, the local engine one per core, and a sum split over two
     threads rounds differently."""
-    options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48}
+    options = {"top_k": 5, "neighbours": 2, "batch_tokens": 48, "attribution": True, "ablation": True}
     local = analyze_corpus(TEXTS, tmp_path / "local", str(tiny_roberta), **options)
     ray = analyze_corpus(TEXTS, tmp_path / "ray", str(tiny_roberta), engine="ray", **options)
     assert ray.manifest["run"]["engine"] == "ray" and ray.manifest["counts"]["shards"] > 2
@@ -106,6 +107,9 @@ def test_ray_engine_equals_local(tmp_path, tiny_roberta):
     assert np.allclose(tokens["zscore"], expected["zscore"], atol=2e-5, rtol=0)
     assert ray.tokens()["rank"].tolist() == local.tokens()["rank"].tolist()
     pd.testing.assert_frame_equal(ray.neighbours().drop(columns="cosine"), local.neighbours().drop(columns="cosine"))
+    heads, expected = ray.heads(), local.heads()
+    assert len(heads) > 0 and heads.ablation_rank.notna().any()
+    pd.testing.assert_frame_equal(heads, expected, check_exact=False, atol=1e-6, rtol=0)
     summary, expected = ray.summary(), local.summary()
     z = expected["measure"] == "zscore"
     pd.testing.assert_frame_equal(summary[~z], expected[~z], check_exact=False, atol=1e-6, rtol=0)
@@ -170,3 +174,31 @@ def test_sample_runs_on_the_bundled_model(tmp_path, bundled):
     summary = result.summary()
     assert result.manifest["input"]["records"] == 3 and {"all", "function", "content", "special", "NOUN"} <= set(summary.group)
     assert load_model("bundled") is bundled
+
+
+def test_report_draws_the_heads_section_in_chromium(tmp_path, browser, bundled):
+    """With attribution the report has its section: a layer × part heatmap per broad group, one cell per (layer,
+    part), and the table of the heads that separate function words from content words, 3 per layer."""
+    run = analyze_corpus("sample", tmp_path / "heads", bundled, limit=6, top_k=10, attribution=True)
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((run.path / "report.html").as_uri())
+    page.wait_for_function("document.querySelectorAll('figure svg').length == 12", timeout=60_000)  # 8 + 4 heatmaps
+    parts = run.heads().component.nunique()
+    assert parts == 12 + 2  # residual, 12 heads, attn_bias at resid_mid
+    for group in ("all", "function", "content", "special"):
+        cells = page.locator(f"#heads_{group} svg g.mark-rect.role-mark path")
+        assert cells.count() == 6 * parts, group
+        assert f"{group} (n = " in page.inner_text(f"#heads_{group}")
+    assert "head 11" in page.inner_text("#heads_function")
+    rows = page.locator("#separating tr")
+    assert rows.count() == 1 + 6 * 3
+    table = run.separating_heads()
+    first = table.iloc[0]
+    assert rows.nth(1).inner_text().split("\t")[:3] == [str(int(first.layer)), str(int(first["head"])), f"{first.difference:+.4f}"]
+    assert f"n = {int(first.function_n):,} tokens" in page.inner_text("#heads ~ p.explain >> nth=1")
+    assert errors == []
+    page.close()
+    plain = analyze_corpus("sample", tmp_path / "plain", bundled, limit=2, top_k=10)
+    assert 'id="heads"' not in (plain.path / "report.html").read_text() and not (plain.path / "heads.csv").exists()

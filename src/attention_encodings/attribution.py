@@ -23,6 +23,7 @@ from .metrics.attribution import (
     Norms,
     ablated,
     ablation_rank,
+    attention_entropy,
     decompose,
     head_vectors,
     route,
@@ -224,31 +225,52 @@ def _listed(values: np.ndarray) -> list[Any]:
     return np.where(np.isnan(values), None, values.astype(object)).tolist()
 
 
-def blocks_of(handle: LoadedModel, traced: Trace, item: int = 0) -> Blocks:
-    """What attribution needs from one encoding of a trace taken with `heads=True`, in float32."""
+def blocks_of(handle: LoadedModel, traced: Trace, item: int | None = 0) -> Blocks:
+    """What attribution needs from one encoding of a trace taken with `heads=True`, in float32; `item=None`: every
+    encoding's tokens packed along one token axis, without the attention weights and sources (they are per text)."""
     if traced.heads is None:
         raise ValueError("this trace has no heads; trace with heads=True")
-    adapter, model = handle.adapter, handle.model
-    length = len(traced.encodings[item])
-    captured = traced.heads.item(item, length)
+    adapter, model, captured = handle.adapter, handle.model, traced.heads
     blocks = adapter.blocks(model)
     heads = int(model.config.num_attention_heads)
     projections = [adapter.out_projection(block, heads) for block in blocks]
     w_o = torch.stack([matrix.float() for matrix, _ in projections])
     biases = [bias for _, bias in projections]
     out_norms = [adapter.out_norm(block) for block in blocks]
+    states = traced.packed if item is None else (lambda tap: traced.states(tap, item))
+    one = None if item is None else captured.item(item, len(traced.encodings[item]))
     return Blocks(
-        residual=traced.states("resid_post", item)[:-1].float(),
-        heads=head_vectors(captured.z, w_o),
+        residual=states("resid_post")[:-1].float(),
+        heads=head_vectors(unpadded(captured.z, traced, item), w_o),
         attn_bias=None if biases[0] is None else torch.stack([b.float() for b in biases]),  # type: ignore[union-attr]
-        mlp=captured.mlp.float(),
-        mid_input=traced.states("resid_mid", item)[1:].float(),
+        mlp=unpadded(captured.mlp, traced, item).float(),
+        mid_input=states("resid_mid")[1:].float(),
         mid_norm=Norms.stack([norm_parts(adapter.mid_norm(block), adapter.family) for block in blocks]),
-        out_input=None if captured.out_norm_input is None else captured.out_norm_input.float(),
+        out_input=None if captured.out_norm_input is None else unpadded(captured.out_norm_input, traced, item).float(),
         out_norm=None if out_norms[0] is None else Norms.stack([norm_parts(n, adapter.family) for n in out_norms]),
-        weights=captured.weights.float(),
-        sources=source_vectors(captured.values, w_o),
+        weights=None if one is None else one.weights.float(),
+        sources=None if one is None else source_vectors(one.values, w_o),
     )
+
+
+def unpadded(values: torch.Tensor, traced: Trace, item: int | None) -> torch.Tensor:
+    """A capture (B, N, T, ...) padded after each text, without its padding: encoding `item`'s tokens, or
+    (`item=None`) every encoding's one after another (`Trace.unpad`)."""
+    return traced.unpad(values) if item is None else values[item, :, : len(traced.encodings[item])]
+
+
+def _cosine_shares(
+    blocks: Blocks, tapped: torch.Tensor, tap: str, space: ReferenceSpace, normalized: Normalization | None,
+    token_ids: torch.Tensor, offsets: torch.Tensor,
+) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The part names, the shares (N, K, T), the tapped vectors y at layers 1..N (normalised as the measures were)
+    and the tokens' unit reference rows: what `attribute` and `attribute_batch` share."""
+    if normalized is not None:
+        tapped = normalized.states(tapped)
+    y = tapped[1:].float()
+    unit = space.unit_rows(token_ids, offsets)
+    names, parts = decompose(blocks, tap, normalized)
+    return names, shares(parts, y, unit), y, unit
 
 
 def attribute(
@@ -269,15 +291,9 @@ def attribute(
     `ablation=False` leaves out the ablation ranks (one more scan, of H vectors per token and layer)."""
     blocks = blocks_of(handle, traced)
     encoding = traced.encodings[0]
-    adapter = handle.adapter
-    tapped = traced.states(tap)
-    if normalized is not None:
-        tapped = normalized.states(tapped)
-    y = tapped[1:].float()
-    offsets = adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
-    unit = space.unit_rows(encoding.input_ids, offsets)
-    names, parts = decompose(blocks, tap, normalized)
-    found = {"shares": shares(parts, y, unit).cpu().numpy()}
+    offsets = handle.adapter.slot_offsets(handle.model, encoding.position_ids, encoding.token_type_ids)
+    names, found_shares, y, unit = _cosine_shares(blocks, traced.states(tap), tap, space, normalized, encoding.input_ids, offsets)
+    found = {"shares": found_shares.cpu().numpy()}
     count = len(encoding)
     rows = list(range(count)) if count <= DETAIL_TOKENS else sorted(set(focus or ()))
     note = None
@@ -290,7 +306,7 @@ def attribute(
         chosen = torch.tensor(rows, device=y.device)
         signed, sizes = source_terms(blocks, route(blocks, tap, normalized), y, unit, chosen)
         found |= {
-            "attention": blocks.weights[:, :, chosen].cpu().numpy(),
+            "attention": blocks.weights[:, :, chosen].cpu().numpy(),  # type: ignore[index]
             "source_shares": signed.cpu().numpy(),
             "source_norms": sizes.cpu().numpy(),
         }
@@ -310,6 +326,48 @@ def attribute(
     if rows and len(rows) < count:  # the detail of a few tokens of a long text: keep those tokens' rows whole
         return _only(result, rows)
     return result
+
+
+@dataclass(frozen=True)
+class BatchAttribution:
+    """The attribution of a batch of texts, their tokens packed along one axis (corpus mode): every part's share of
+    every token's cosine, each head's attention entropy and, when asked, the rank with each head removed."""
+
+    components: tuple[str, ...]
+    num_heads: int
+    shares: torch.Tensor
+    """(N, K, ΣT) as `Attribution.shares`."""
+    entropy: torch.Tensor
+    """(N, H, ΣT) the entropy of each head's attention row, in bits."""
+    ablation_rank: torch.Tensor | None
+    """(N, H, ΣT) as `Attribution.ablation_rank`, or None."""
+
+
+def attribute_batch(
+    handle: LoadedModel,
+    traced: Trace,
+    tap: str,
+    space: ReferenceSpace,
+    normalized: Normalization | None,
+    *,
+    ablation: bool = False,
+) -> BatchAttribution:
+    """`attribute` for every token of a batched trace (`trace(..., heads=True)` over several encodings) at once,
+    without the per-source detail; `ablation` adds the ablation ranks (one scan of N·H·ΣT vectors: about H times
+    the measures' own scan)."""
+    if traced.heads is None:
+        raise ValueError("this trace has no heads; trace with heads=True")
+    blocks = blocks_of(handle, traced, None)
+    adapter = handle.adapter
+    token_ids = torch.cat([e.input_ids for e in traced.encodings])
+    offsets = torch.cat([adapter.slot_offsets(handle.model, e.position_ids, e.token_type_ids) for e in traced.encodings])
+    names, found, _, _ = _cosine_shares(blocks, traced.packed(tap), tap, space, normalized, token_ids, offsets)
+    entropy = traced.unpad(attention_entropy(traced.heads.weights), axis=2)  # (B, N, H, T) → (N, H, ΣT)
+    ranks = None
+    if ablation:
+        every = torch.arange(token_ids.shape[0], device=token_ids.device)
+        ranks = head_ablation_ranks(handle, blocks, tap, every, space, normalized, token_ids, offsets)
+    return BatchAttribution(names, blocks.heads.shape[1], found, entropy, ranks)
 
 
 def head_ablation_ranks(

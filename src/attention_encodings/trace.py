@@ -84,8 +84,14 @@ class Trace:
 
     def packed(self, tap: str) -> Tensor:
         """The (N+1, ΣT, d) states of one tap for every encoding's tokens, in order, without padding."""
-        states = self._tap(tap)
-        return torch.cat([states[item, :, : len(e)] for item, e in enumerate(self.encodings)], dim=1)
+        return self.unpad(self._tap(tap))
+
+    def unpad(self, values: Tensor, axis: int = 1) -> Tensor:
+        """A capture (B, ...) padded after each encoding's end, with every encoding's tokens one after another along
+        its token axis (`axis`, counted once B is gone) and no padding: one masked gather."""
+        lengths = torch.tensor([len(e) for e in self.encodings], device=values.device)
+        real = torch.arange(values.shape[axis + 1], device=values.device) < lengths[:, None]  # (B, T)
+        return values.movedim(0, axis)[(slice(None),) * axis + (real,)]
 
     def _tap(self, tap: str) -> Tensor:
         if check_tap(tap) not in self.taps:

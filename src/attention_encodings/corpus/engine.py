@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..analysis import Trajectory, load_for, measure_texts
+from ..analysis import Trajectory, load_for, measure_texts, reference_for
+from ..attribution import BatchAttribution, attribute_batch
 from ..catalog import MEASURES
 from ..clusters import check_ray_address
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
@@ -76,8 +77,9 @@ class Shard:
     tokens: Any
     """pyarrow Table: one row per (text, layer, token)."""
     items: dict[str, Any]
-    """pyarrow Tables of ranked vocabulary items, by dataset: `neighbours` (one row per text, layer, token and
-    neighbour) and, where the model has an output head, `predictions`; empty when `neighbours` is 0."""
+    """pyarrow Tables of the other datasets, by name: `neighbours` (one row per text, layer, token and neighbour)
+    and, where the model has an output head, `predictions`, when `neighbours` > 0; `heads` (one row per text,
+    layer, token and part) with attribution."""
     sums: dict[str, np.ndarray]
     text_indices: tuple[int, ...]
     n_tokens: int
@@ -138,10 +140,13 @@ def _batch(number: int, indices: list[int], source: Source, lengths: dict[int, i
     )
 
 
-def measure_batch(handle: LoadedModel, settings: Settings, batch: Batch, *, tag: bool = False) -> Shard:
+def measure_batch(
+    handle: LoadedModel, settings: Settings, batch: Batch, *, tag: bool = False, ablation: bool = False
+) -> Shard:
     """Measure one batch (`analysis.measure_texts`, the computation behind `analyze()`) and lay it out as rows:
     text by text in input order, then layer, then token, as `Analysis.to_frame()` does for one text; `tag` gives
-    texts without gold words spaCy's."""
+    texts without gold words spaCy's. With `settings.attribution`, the `heads` rows too (`ablation`: with each
+    head's ablation rank)."""
     import pyarrow as pa
 
     start = time.perf_counter()
@@ -187,6 +192,10 @@ def measure_batch(handle: LoadedModel, settings: Settings, batch: Batch, *, tag:
             items["predictions"] = _item_rows(
                 handle, "prediction", measured.prediction_ids, "probability", measured.prediction_probabilities, order, columns
             )
+    if measured.trace is not None:
+        space = reference_for(handle, settings.reference, measured.normalization)
+        found = attribute_batch(handle, measured.trace, settings.tap, space, measured.normalization, ablation=ablation)
+        items["heads"] = _head_rows(found, np.asarray(batch.text_indices, dtype=np.int64), text_of, position)
     sums = _sums(measured.states, torch.from_numpy(~special), torch.from_numpy(text_of), len(encodings))
     return Shard(batch.index, table, items, sums, batch.text_indices, total, time.perf_counter() - start)
 
@@ -254,6 +263,33 @@ def _item_rows(
         }
     )
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _head_rows(found: BatchAttribution, text_indices: np.ndarray, text_of: np.ndarray, position: np.ndarray):
+    """One row per (text, layer 1..N, token, part) of a batch's attribution, text by text in input order, then
+    layer, token and part: the share, and for heads the attention entropy (bits) and, where computed, the ablation
+    rank (null for the other parts)."""
+    import pyarrow as pa
+
+    layers, parts, total = found.shares.shape
+    grids = np.meshgrid(np.arange(layers), np.arange(parts), np.arange(total), indexing="ij")
+    layer, part, token = (grid.reshape(-1) for grid in grids)
+    order = np.lexsort((part, token, layer, text_of[token]))
+    layer, part, token = layer[order], part[order], token[order]
+    head = part - 1
+    other = (head < 0) | (head >= found.num_heads)
+    at = (layer, np.where(other, 0, head), token)
+    columns = {
+        "text_index": pa.array(text_indices[text_of[token]]),
+        "token_index": pa.array(position[token]),
+        "layer": pa.array(layer + 1),
+        "component": pa.DictionaryArray.from_arrays(pa.array(part.astype(np.int32)), pa.array(list(found.components))),
+        "share": pa.array(found.shares.cpu().numpy().reshape(-1)[order]),
+        "attention_entropy": pa.array(found.entropy.cpu().numpy()[at], mask=other),
+    }
+    if found.ablation_rank is not None:
+        columns["ablation_rank"] = pa.array(found.ablation_rank.cpu().numpy().astype(np.int64)[at], mask=other)
+    return pa.table(columns)
 
 
 def _sums(states: torch.Tensor, keep: torch.Tensor, text_of: torch.Tensor, texts: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from ..catalog import MEASURES
 from ..display import model_said
 from ..settings import Settings
 from ..views.corpus import MIN_TOKENS, corpus_charts
+from ..views.corpus_heads import heads_charts
 from ..views.export import vega_javascript
 from .summary import group_order
 from .words import UPOS
@@ -25,7 +26,10 @@ th { text-align: left; font-weight: 600; padding: 3px 14px 3px 0; color: #495057
 td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .charts { display: flex; flex-wrap: wrap; gap: 18px 36px; } figure { margin: 0; }
 .explain { color: #495057; font-size: 13px; max-width: 980px; }
+#separating td.sure { font-weight: 600; }
 """
+TABLE_HEADS = 3
+"""Heads listed per layer in the report's table (heads.csv has them all)."""
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
@@ -49,14 +53,51 @@ for (const [name, spec] of Object.entries(specs)) {{
 </script>"""
 
 
-def report_html(manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings) -> str:
+def _heads_section(figures: str, separating: pd.DataFrame | None) -> str:
+    """The attribution's section: the heatmaps, then the table of the heads that separate function words from
+    content words most in each layer; nothing without attribution."""
+    if not figures:
+        return ""
+    table = ""
+    if separating is not None and len(separating):
+        top = separating.groupby("layer", sort=True).head(TABLE_HEADS)
+        rows = "".join(
+            f"<tr><td class=\"n\">{r.layer}</td><td class=\"n\">{r.head}</td>"
+            f"<td class=\"n{' sure' if r.low > 0 or r.high < 0 else ''}\">{r.difference:+.4f}</td>"
+            f"<td class=\"n\">{r.low:+.4f} to {r.high:+.4f}</td>"
+            f"<td class=\"n\">{r.function_mean:+.4f}</td><td class=\"n\">{r.content_mean:+.4f}</td></tr>"
+            for r in top.itertuples()
+        )
+        first = separating.iloc[0]
+        table = (
+            "<h3>Heads that separate function words from content words</h3>"
+            f'<p class="explain">Per layer, the {TABLE_HEADS} heads whose mean share differs most between function '
+            f"words (n = {int(first.function_n):,} tokens) and content words (n = {int(first.content_n):,}): "
+            "function minus content, with a bootstrap 95 % interval over texts (texts resampled, not tokens); bold "
+            "where the interval excludes 0. heads.csv lists every head.</p>"
+            '<table id="separating"><tr><th>layer</th><th>head</th><th>difference</th><th>95 % interval</th>'
+            f"<th>function mean</th><th>content mean</th></tr>{rows}</table>"
+        )
+    return (
+        '<h2 id="heads">Which heads moved it</h2><p class="explain">Each layer split exactly into the residual, each '
+        "attention head, the attention bias, the MLP and the norms' biases: each cell is a part's mean share of the "
+        "cosine to the original encoding over a group's tokens (the parts of a layer sum to its cosine). Blue pulls "
+        "toward the original encoding, red away from it; the colour scale is logarithmic away from 0, so that heads "
+        f'(near 0.01) and the residual (near 1) both show.</p><div class="charts">{figures}</div>{table}'
+    )
+
+
+def report_html(
+    manifest: dict[str, Any], summary: pd.DataFrame, settings: Settings, separating: pd.DataFrame | None = None
+) -> str:
     """The page: the model line, the counts, the settings and the speed, then every charted measure against the
     layer per group (median line, interquartile band)."""
     charted = {info.column for info in MEASURES.values() if info.charted}
     columns = [column for column in manifest["measures"] if column in charted]  # baselines live in the summary
     present = summary["group"].unique().tolist()
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
-    specs = {name: chart.to_dict() for name, chart in corpus_charts(summary, columns, settings, classes).items()}
+    charts = corpus_charts(summary, columns, settings, classes) | heads_charts(summary)
+    specs = {name: chart.to_dict() for name, chart in charts.items()}
     model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
     placement = f"{model['device']}, {model['dtype']}"
     model_line = f"model: {model_said(model['label'], model['reason'], placement)}"
@@ -119,6 +160,7 @@ corpus anisotropy: the mean cosine between tokens of different texts at that lay
 unrelated tokens.</p>
 <div class="charts">{figures("broad_")}</div>
 {by_class}
+{_heads_section(figures("heads_"), separating)}
 {embed_script(specs)}
 </body></html>
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +19,7 @@ from .._version import __version__
 from ..analysis import lens_for, load_for, settings_for
 from ..catalog import MEASURES
 from ..display import brief, layer_span
+from ..errors import OptionError
 from ..metrics import Stats
 from ..models import LoadedModel
 from ..names import DEFAULT_BATCH_TOKENS, DEFAULT_REFERENCE, DEFAULT_TAP
@@ -25,8 +27,9 @@ from ..settings import DEFAULT_TOP_K, Settings
 from ..stats import read_stats, write_stats
 from . import store, words
 from ..clusters import check_ray_address
-from .engine import check_batch_tokens, check_engine, plan, run_local, run_ray
+from .engine import check_batch_tokens, check_engine, measure_batch, plan, run_local, run_ray
 from .report import report_html
+from .separation import separating_heads
 from .sources import Source, read_source
 from .summary import anisotropy_rows, ordered, summarise
 
@@ -85,12 +88,24 @@ class CorpusAnalysis:
         neighbours (`neighbours` > 0, the same count) and the model has a head."""
         return self._dataset(store.PREDICTIONS, ["text_index", "layer", "token_index", "prediction"])
 
+    def heads(self) -> pd.DataFrame:
+        """Every (text, token, layer, part) row of the attribution, when the run had it (`attribution=True`):
+        share, and for heads attention_entropy and, with `ablation=True`, ablation_rank."""
+        return self._dataset(store.HEADS, ["text_index", "layer", "token_index"])
+
+    def separating_heads(self) -> pd.DataFrame:
+        """`heads.csv`: per layer, every head's mean share for function words minus content words, with its
+        bootstrap 95 % interval over texts, largest difference first; empty without attribution."""
+        path = self.path / store.HEADS_CSV
+        return pd.read_csv(path) if path.is_file() else pd.DataFrame()
+
     def texts(self) -> pd.DataFrame:
         """Every input record: text_index, sent_id, text, n_tokens, status (ok, truncated, skipped), reason."""
         return pd.read_parquet(self.path / store.TEXTS)
 
     def summary(self) -> pd.DataFrame:
-        """One row per (group, layer, measure): n, mean, std, q10, q25, median, q75, q90."""
+        """One row per (group, layer, measure), and with attribution per (group, layer, component) of `share`:
+        n, mean, std, q10, q25, median, q75, q90."""
         return pd.read_parquet(self.path / store.SUMMARY_PARQUET)
 
     def stats(self) -> Stats:
@@ -127,6 +142,8 @@ def analyze_corpus(
     overwrite: bool = False,
     progress: CorpusProgress | None = None,
     lens: str | os.PathLike[str] | None = None,
+    attribution: bool = False,
+    ablation: bool = False,
 ) -> CorpusAnalysis:
     """Measure every text of `source` (a path: .txt, .jsonl, .parquet, .conllu; `"-"` for standard input;
     `"sample"` for the bundled UD English-EWT sentences; or an iterable of strings) and write the results to the
@@ -135,11 +152,12 @@ def analyze_corpus(
     The measures are `analyze()`'s, computed in padded batches of at most `batch_tokens` tokens; `engine="ray"`
     runs them on Ray Data (a local Ray, or the cluster at `ray_address`). Bad records are skipped and listed in
     `texts.parquet`; an unusable input raises `InputError` before any work. `lens` (a folder fit-lens wrote) adds
-    its measures' columns.
+    its measures' columns. `attribution` adds the `heads` dataset, its summary rows and `heads.csv`; `ablation`
+    also each head's ablation rank (about H times the scan's work).
     """
     settings, handle = settings_for(
         model, tap=tap, reference=reference, top_k=top_k, neighbours=neighbours, truncate=truncate, device=device, dtype=dtype,
-        lens=None if lens is None else os.fspath(lens),
+        lens=None if lens is None else os.fspath(lens), attribution=attribution,
     )
     return run_corpus(
         settings,
@@ -154,6 +172,7 @@ def analyze_corpus(
         ray_address=ray_address,
         overwrite=overwrite,
         progress=progress,
+        ablation=ablation,
     )
 
 
@@ -173,10 +192,13 @@ def run_corpus(
     progress: CorpusProgress | None = None,
     on_model: Callable[[LoadedModel], None] | None = None,
     on_note: Callable[[str], None] | None = None,
+    ablation: bool = False,
 ) -> CorpusAnalysis:
     """`analyze_corpus()` driven by a `Settings`, as the command line calls it; `on_model` hears which model was
     loaded and `on_note` each note for the user."""
     check_engine(engine)
+    if ablation and not settings.attribution:
+        raise OptionError("ablation ranks are part of the attribution; add --attribution")
     check_batch_tokens(batch_tokens)
     if engine == "ray":
         check_ray_address(ray_address)
@@ -194,7 +216,8 @@ def run_corpus(
     tag = not read.gold and words.spacy_available()
     word_classes = "gold UPOS (CoNLL-U)" if read.gold else (words.spacy_version() if tag else None)
     identity = _identity(
-        settings, handle, read, batch_tokens=batch_tokens, limit=limit, text_field=text_field, word_classes=word_classes
+        settings, handle, read, batch_tokens=batch_tokens, limit=limit, text_field=text_field, word_classes=word_classes,
+        ablation=ablation,
     )
     folder = store.RunFolder(out)
     folder.open(identity, overwrite=overwrite)
@@ -216,11 +239,18 @@ def run_corpus(
             "only the groups all and special are summarised"
         )
 
+    if ablation and pending and on_note is not None:
+        heads = int(handle.model.config.num_attention_heads)
+        on_note(
+            f"ablation ranks every head's ablated vector: about {heads} times the scan's work, "
+            "so the run takes that much longer"
+        )
+    work = functools.partial(measure_batch, ablation=True) if ablation else measure_batch
     started, measured = time.perf_counter(), 0
     shards = (
-        run_local(handle, settings, pending, tag=tag)
+        run_local(handle, settings, pending, tag=tag, work=work)
         if engine == "local"
-        else run_ray(handle, settings, pending, tag=tag, address=ray_address, on_start=on_note)
+        else run_ray(handle, settings, pending, tag=tag, address=ray_address, on_start=on_note, work=work)
     )
     for shard in shards:
         folder.write(shard)
@@ -282,7 +312,10 @@ def _manifest(folder, identity, settings, handle, read, statuses, batch_tokens, 
             "max_tokens": handle.max_tokens,
         },
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
-        "run": {"engine": engine, "batch_tokens": batch_tokens, "limit": limit, "text_field": identity["text_field"]},
+        "run": {
+            "engine": engine, "batch_tokens": batch_tokens, "limit": limit, "text_field": identity["text_field"],
+            "ablation": identity["ablation"],
+        },
         "input": {"path": read.path, "sha256": read.sha256, "format": read.format, "records": len(read.records)},
         "word_classes": word_classes,
         "layers": list(range(handle.num_layers + 1)),
@@ -307,7 +340,10 @@ def _finish(folder: store.RunFolder, manifest: dict[str, Any], settings: Setting
     manifest["measures"] = columns
     manifest["counts"]["shards"] = len(shard_indices)
     sums = folder.sums(shard_indices) if shard_indices else None
-    summary = summarise(folder.path / store.TOKENS, columns, folder.path / ".duckdb")
+    summary = summarise(folder.path / store.TOKENS, columns, folder.path / ".duckdb", heads=folder.path / store.HEADS)
+    separating = separating_heads(folder.path / store.HEADS, folder.path / store.TOKENS, folder.path / ".duckdb")
+    if separating is not None:
+        store.atomic(folder.path / store.HEADS_CSV, lambda p: separating.to_csv(p, index=False))
     if sums is not None:
         write_stats(folder.path / store.STATS, Stats.from_sums(sums, source=str(folder.path / store.STATS), tap=settings.tap))
         summary = ordered(pd.concat([summary, anisotropy_rows(sums)], ignore_index=True), columns)
@@ -317,6 +353,6 @@ def _finish(folder: store.RunFolder, manifest: dict[str, Any], settings: Setting
     seconds = sum(s["seconds"] for s in manifest["sessions"])
     manifest["timing"] = {"seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
     manifest["status"] = "complete"
-    html = report_html(manifest, summary, settings)
+    html = report_html(manifest, summary, settings, separating)
     store.atomic(folder.path / store.REPORT, lambda p: p.write_text(html, encoding="utf-8"))
     folder.write_manifest(manifest)

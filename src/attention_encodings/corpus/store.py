@@ -1,6 +1,6 @@
 """The output folder: shards written as batches finish, what makes a rerun resume, and the folder's files.
 
-Each batch becomes one shard: `tokens/part-NNNNNN.parquet` (and `neighbours/` and `predictions/` parts), then
+Each batch becomes one shard: `tokens/part-NNNNNN.parquet` (and `neighbours/`, `predictions/` and `heads/` parts), then
 `shards/NNNNNN.npz`, which records the texts the shard holds and its partial sums. Every file is written under a
 hidden temporary name and renamed into place, and the record comes last, so a shard counts as done only once all of
 it is on disk; an interrupted shard is simply measured again and its files replaced, never duplicated.
@@ -24,13 +24,15 @@ MANIFEST = "manifest.json"
 TOKENS = "tokens"
 NEIGHBOURS = "neighbours"
 PREDICTIONS = "predictions"
+HEADS = "heads"
+HEADS_CSV = "heads.csv"
 SHARDS = "shards"
 TEXTS = "texts.parquet"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 STATS = "stats.npz"
 REPORT = "report.html"
-OWN = (MANIFEST, TOKENS, NEIGHBOURS, PREDICTIONS, SHARDS, TEXTS, SUMMARY_CSV, SUMMARY_PARQUET, STATS, REPORT)
+OWN = (MANIFEST, TOKENS, NEIGHBOURS, PREDICTIONS, HEADS, SHARDS, TEXTS, SUMMARY_CSV, SUMMARY_PARQUET, HEADS_CSV, STATS, REPORT)
 """Everything a run writes: all that `--overwrite` removes (nothing else in the folder is touched)."""
 
 
@@ -101,7 +103,8 @@ class RunFolder:
         return found
 
     def write(self, shard: Shard) -> None:
-        """Write one shard: its token rows, its neighbour and prediction rows, then the record that marks it done."""
+        """Write one shard: its token rows, its other datasets' rows (neighbours, predictions, heads), then the record
+        that marks it done."""
         import pyarrow.parquet as pq
 
         name = f"part-{shard.index:06d}.parquet"

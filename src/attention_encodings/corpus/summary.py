@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 
 from ..models import usable_cpus
+from ..views.corpus_heads import SHARE
 from .words import CONTENT, FUNCTION, UPOS
 
-COLUMNS = ("group", "layer", "measure", "n", "mean", "std", "q10", "q25", "median", "q75", "q90")
+COLUMNS = ("group", "layer", "measure", "component", "n", "mean", "std", "q10", "q25", "median", "q75", "q90")
 QUANTILES = {"q10": 0.1, "q25": 0.25, "median": 0.5, "q75": 0.75, "q90": 0.9}
 ANISOTROPY = "anisotropy"
 """The summary's baseline row: the mean cosine between non-special tokens of different texts, per layer."""
@@ -27,53 +28,97 @@ def group_order(groups: list[str]) -> list[str]:
     )
 
 
-def summarise(tokens: Path, measures: list[str], temporary: Path) -> pd.DataFrame:
-    """One row per (group, layer, measure) with n, mean, std (population) and exact quantiles (linear
-    interpolation, as pandas), computed by DuckDB over `tokens/*.parquet`. Groups: `all` (every non-special
-    token), each UPOS, `function` and `content`, and `special`; nulls (overlap at the last layer) are left out."""
+def parquet_list(folder: Path) -> str | None:
+    """The Parquet parts of a dataset folder as a DuckDB list literal, or None when it has none."""
+    parts = sorted(folder.glob("*.parquet"))
+    return ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in parts) if parts else None
+
+
+def connect(temporary: Path):
+    """A DuckDB connection on every usable core, spilling to `temporary`."""
     import duckdb
 
-    parts = sorted(tokens.glob("*.parquet"))
-    if not parts:
+    return duckdb.connect(config={"threads": usable_cpus(), "temp_directory": str(temporary)})
+
+
+def token_groups(tokens: str) -> str:
+    """SQL: each non-special token's word class at layer 0 (text_index, token_index, special, upos), from the
+    token parts `tokens` (a `parquet_list`), to join other datasets with."""
+    return f"SELECT text_index, token_index, special, upos FROM read_parquet([{tokens}]) WHERE layer = 0"
+
+
+def summarise(tokens: Path, measures: list[str], temporary: Path, heads: Path | None = None) -> pd.DataFrame:
+    """One row per (group, layer, measure) with n, mean, std (population) and exact quantiles (linear
+    interpolation, as pandas), computed by DuckDB over `tokens/*.parquet`. Groups: `all` (every non-special
+    token), each UPOS, `function` and `content`, and `special`; nulls (overlap at the last layer) are left out.
+    With attribution rows in `heads`, also one row per (group, layer, component) for their `share`."""
+    listed = parquet_list(tokens)
+    if listed is None:
         return pd.DataFrame(columns=list(COLUMNS))
-    listed = ", ".join("'" + p.as_posix().replace("'", "''") + "'" for p in parts)
+    frames = []
+    components = None
+    with connect(temporary) as connection:
+        for measure in measures:
+            rows = f"""SELECT special, upos, layer, NULL AS component, CAST("{measure}" AS DOUBLE) AS value
+                FROM read_parquet([{listed}]) WHERE "{measure}" IS NOT NULL"""
+            frames.append(connection.sql(_grouped(rows, measure)).df())
+        parts = None if heads is None else parquet_list(heads)
+        if parts is not None:
+            rows = f"""SELECT t.special, t.upos, h.layer, CAST(h.component AS VARCHAR) AS component,
+                    CAST(h.share AS DOUBLE) AS value
+                FROM read_parquet([{parts}]) h JOIN ({token_groups(listed)}) t USING (text_index, token_index)"""
+            frames.append(connection.sql(_grouped(rows, SHARE)).df())
+            first = sorted(heads.glob("*.parquet"))[0]
+            components = _components(first)
+    return ordered(pd.concat(frames, ignore_index=True), measures, components)
+
+
+def _grouped(rows: str, measure: str) -> str:
+    """SQL: the summary's rows of `measure` over `rows` (special, upos, layer, component, value), per group."""
     function, content = _sql_list(FUNCTION), _sql_list(CONTENT)
     quantiles = ", ".join(f"q[{i + 1}] AS {name}" for i, name in enumerate(QUANTILES))
     levels = ", ".join(str(q) for q in QUANTILES.values())
-    config = {"threads": usable_cpus(), "temp_directory": str(temporary)}
-    frames = []
-    with duckdb.connect(config=config) as connection:
-        for measure in measures:
-            query = f"""
-                WITH rows AS (
-                    SELECT special, upos, layer, CAST("{measure}" AS DOUBLE) AS value
-                    FROM read_parquet([{listed}]) WHERE "{measure}" IS NOT NULL
-                ), grouped AS (
-                    SELECT CASE WHEN special THEN 'special' ELSE 'all' END AS "group", layer, value FROM rows
-                    UNION ALL SELECT upos, layer, value FROM rows WHERE NOT special AND upos IS NOT NULL
-                    UNION ALL SELECT CASE WHEN upos IN ({function}) THEN 'function' ELSE 'content' END, layer, value
-                        FROM rows WHERE NOT special AND upos IN ({function}, {content})
-                ), summed AS (
-                    SELECT "group", layer, count(*) AS n, avg(value) AS mean, stddev_pop(value) AS std,
-                        quantile_cont(value, [{levels}]) AS q
-                    FROM grouped GROUP BY "group", layer
-                )
-                SELECT "group", layer, '{measure}' AS measure, n, mean, std, {quantiles} FROM summed
-            """
-            frames.append(connection.sql(query).df())
-    return ordered(pd.concat(frames, ignore_index=True), measures)
+    return f"""
+        WITH rows AS ({rows}), grouped AS (
+            SELECT CASE WHEN special THEN 'special' ELSE 'all' END AS "group", layer, component, value FROM rows
+            UNION ALL SELECT upos, layer, component, value FROM rows WHERE NOT special AND upos IS NOT NULL
+            UNION ALL SELECT CASE WHEN upos IN ({function}) THEN 'function' ELSE 'content' END, layer, component, value
+                FROM rows WHERE NOT special AND upos IN ({function}, {content})
+        ), summed AS (
+            SELECT "group", layer, component, count(*) AS n, avg(value) AS mean, stddev_pop(value) AS std,
+                quantile_cont(value, [{levels}]) AS q
+            FROM grouped GROUP BY "group", layer, component
+        )
+        SELECT "group", layer, '{measure}' AS measure, component, n, mean, std, {quantiles} FROM summed
+    """
 
 
-def ordered(summary: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
-    """Rows by group (see `group_order`), then measure, then layer; the columns of `COLUMNS`."""
+def _components(part: Path) -> list[str]:
+    """The parts of an attribution, in their order (the dictionary of a `heads` part's component column)."""
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(part, columns=["component"]).column("component")
+    return [str(v) for v in column.chunk(0).dictionary.to_pylist()] if column.num_chunks else []
+
+
+def ordered(summary: pd.DataFrame, measures: list[str], components: list[str] | None = None) -> pd.DataFrame:
+    """Rows by group (see `group_order`), then measure, then component (in the attribution's order, by default
+    the order they come in), then layer; the columns of `COLUMNS`."""
     groups = group_order(summary["group"].unique().tolist())
+    if "component" not in summary:
+        summary = summary.assign(component=None)
     summary = summary.assign(
         _group=summary["group"].map({g: i for i, g in enumerate(groups)}),
-        _measure=summary["measure"].map({m: i for i, m in enumerate([*measures, ANISOTROPY])}),
+        _measure=summary["measure"].map({m: i for i, m in enumerate([*measures, SHARE, ANISOTROPY])}),
+        _component=summary["component"].map({c: i for i, c in enumerate(components)}).fillna(-1)
+        if components is not None
+        else pd.factorize(summary["component"])[0],
     )
-    summary = summary.sort_values(["_group", "_measure", "layer"], kind="stable").drop(columns=["_group", "_measure"])
+    summary = summary.sort_values(["_group", "_measure", "_component", "layer"], kind="stable")
+    summary = summary.drop(columns=["_group", "_measure", "_component"])
     summary["n"] = summary["n"].astype("int64")
     summary["layer"] = summary["layer"].astype("int64")
+    summary["component"] = summary["component"].astype("string")
     return summary[list(COLUMNS)].reset_index(drop=True)
 
 
@@ -87,7 +132,8 @@ def anisotropy_rows(sums: dict[str, np.ndarray]) -> pd.DataFrame:
     layers = len(total)
     mean = total / pairs if pairs > 0 else np.full(layers, np.nan)
     nothing = np.full(layers, np.nan)
-    columns = {"group": "all", "layer": np.arange(layers), "measure": ANISOTROPY, "n": np.full(layers, int(pairs)), "mean": mean}
+    columns = {"group": "all", "layer": np.arange(layers), "measure": ANISOTROPY, "component": None,
+               "n": np.full(layers, int(pairs)), "mean": mean}  # fmt: skip
     columns |= {name: nothing for name in ("std", *QUANTILES)}
     return pd.DataFrame(columns)[list(COLUMNS)]
 

@@ -520,6 +520,22 @@ def corpus_command(
     ray_address: RayAddressOption = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run with other settings in --out.")] = False,
     quiet: QuietOption = False,
+    attribution: Annotated[
+        bool,
+        typer.Option(
+            "--attribution",
+            help="Also split every layer into the residual, each head, the MLP and the norms' biases: heads/ (each "
+            "part's share of the cosine, each head's attention entropy), share rows in the summary, and heads.csv "
+            "(the heads that separate function from content words).",
+        ),
+    ] = False,
+    ablation: Annotated[
+        bool,
+        typer.Option(
+            "--ablation",
+            help="With --attribution, also each head's ablation rank in heads/ (about H times the scan's work).",
+        ),
+    ] = False,
     *,
     settings: Settings,
 ) -> None:
@@ -532,7 +548,8 @@ def corpus_command(
     used = set_threads(settings.threads)
     with corpus_progress(quiet) as progress:
         result = run_corpus(
-            settings, source, out, limit=limit, engine=engine, text_field=text_field, format=input_format,
+            settings.replace(attribution=attribution), source, out, ablation=ablation, limit=limit, engine=engine,
+            text_field=text_field, format=input_format,
             batch_tokens=batch_tokens, ray_address=ray_address, overwrite=overwrite, progress=progress,
             on_model=lambda handle: say(model_line(handle, used)), on_note=lambda note: say(f"note: {note}"),
         )

@@ -17,6 +17,7 @@ product s_p of the frozen σ's, so the per-source terms are one batched product,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -79,11 +80,11 @@ class Blocks:
     out_input: Tensor | None
     """(N, T, d) post-norm: the input of the block's last norm (attn_ln + mlp); None for pre-norm."""
     out_norm: Norms | None
-    weights: Tensor
-    """(N, H, T, T) post-softmax attention, [query][key]."""
-    sources: Tensor
+    weights: Tensor | None
+    """(N, H, T, T) post-softmax attention, [query][key]; None where the token axis packs several texts."""
+    sources: Tensor | None
     """(N, H, T, d) each source token's value through the head's W_O: v_{h,q} W_O^h (its group's values for
-    grouped-query attention), so that c_{h,p←q} = A[h, p, q] · sources[h, q]."""
+    grouped-query attention), so that c_{h,p←q} = A[h, p, q] · sources[h, q]; None as `weights`."""
 
     @property
     def post_norm(self) -> bool:
@@ -209,6 +210,8 @@ def source_terms(
     """Per (layer, head, target token p, source q), (N, H, t, T) each for the target `rows` (t,) (default: all):
     the signed share toward r_p of c_{h,p←q} as it reaches the tap, and its norm there (Kobayashi et al., 2020,
     taken through the frozen norms)."""
+    if blocks.weights is None or blocks.sources is None:
+        raise ValueError("these blocks pack several texts, which have no common sources; take one text's blocks")
     rows = torch.arange(tapped.shape[1], device=tapped.device) if rows is None else rows
     mapped = way.linear(blocks.sources)  # gain ⊙ K(v_q W_O^h), the same for every target p
     scale = way.scale()[:, rows]
@@ -218,6 +221,13 @@ def source_terms(
     signed = weights * toward.transpose(-1, -2) / divisor[:, None, :, None]
     sizes = weights * mapped.norm(dim=-1)[:, :, None, :] / scale[:, None, :, None]
     return signed, sizes
+
+
+def attention_entropy(weights: Tensor) -> Tensor:
+    """The entropy in bits of each attention row (the last axis): −Σ_q A[q] log₂ A[q], with 0 log 0 = 0 (a
+    padded key's weight)."""
+    w = weights.float()
+    return -torch.special.xlogy(w, w).sum(dim=-1) / math.log(2)
 
 
 def ablated(blocks: Blocks, tokens: Tensor, after: Callable[[int, Tensor], Tensor]) -> Tensor:
