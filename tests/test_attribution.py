@@ -322,3 +322,25 @@ def test_server_adds_attribution_and_caches_it(bundled, monkeypatch):
     assert np.array(first["attribution"]["ablation_rank"]).shape == (6, 12, 14)
     bad = client.post("/api/analyze", json={"text": SEED, "attribution": "yes"})
     assert bad.status_code == 422
+
+
+def test_a_batch_taken_a_group_of_texts_at_a_time_gives_the_whole_batch(bundled, monkeypatch):
+    """`attribute_batch` bounds its memory by taking a batch's texts a group at a time: with groups of one text the
+    shares, entropies and ablation ranks are those of the whole batch at once."""
+    import attention_encodings.attribution as attribution
+    from attention_encodings.analysis import reference_for
+
+    encodings = [encode(bundled, text) for text in CORPUS[:4]]
+    traced = trace(bundled, encodings, heads=True)
+    space = reference_for(bundled, "embedding")
+    whole = attribution.attribute_batch(bundled, traced, "resid_mid", space, None, ablation=True)
+    assert attribution._text_groups(bundled, traced) == [(0, 4)]
+    monkeypatch.setattr(attribution, "BATCH_PART_FLOATS", 1)
+    assert attribution._text_groups(bundled, traced) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    grouped = attribution.attribute_batch(bundled, traced, "resid_mid", space, None, ablation=True)
+    tokens = sum(len(e) for e in encodings)
+    assert grouped.shares.shape == whole.shares.shape and grouped.shares.shape[2] == tokens
+    assert torch.allclose(grouped.shares, whole.shares, atol=1e-6)
+    assert torch.allclose(grouped.entropy, whole.entropy, atol=1e-6)
+    assert grouped.components == whole.components
+    assert torch.equal(grouped.ablation_rank, whole.ablation_rank)

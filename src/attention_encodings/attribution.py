@@ -44,6 +44,9 @@ DETAIL_TOKENS = 64
 only those of the tokens asked for (`focus`), since they grow with tokens² and the ranks with tokens × heads."""
 TOP_SOURCES = 3
 """Source tokens listed per head by `Attribution.heads`."""
+BATCH_PART_FLOATS = 64 << 20
+"""`attribute_batch` builds the parts of at most this many floats at once (256 MB: every head's vector of every
+layer and token of a group of texts), taking a corpus batch's texts a group at a time; a larger text is a group."""
 
 
 @dataclass(frozen=True)
@@ -357,6 +360,39 @@ def attribute_batch(
     the measures' own scan)."""
     if traced.heads is None:
         raise ValueError("this trace has no heads; trace with heads=True")
+    pieces = [_attribute_texts(handle, traced.texts(start, stop), tap, space, normalized, ablation)
+              for start, stop in _text_groups(handle, traced)]
+    first = pieces[0]
+    ranks = None if first.ablation_rank is None else torch.cat([p.ablation_rank for p in pieces], dim=2)  # type: ignore[misc]
+    return BatchAttribution(
+        first.components,
+        first.num_heads,
+        torch.cat([p.shares for p in pieces], dim=2),
+        torch.cat([p.entropy for p in pieces], dim=2),
+        ranks,
+    )
+
+
+def _text_groups(handle: LoadedModel, traced: Trace) -> list[tuple[int, int]]:
+    """Consecutive runs of the trace's texts whose head vectors (N, H, t, d) fit in BATCH_PART_FLOATS."""
+    assert traced.heads is not None
+    _, layers, _, width = traced.heads.mlp.shape
+    per_token = layers * (int(handle.model.config.num_attention_heads) + 4) * width
+    budget = max(1, BATCH_PART_FLOATS // per_token)
+    groups, start, held = [], 0, 0
+    for index, encoding in enumerate(traced.encodings):
+        if held and held + len(encoding) > budget:
+            groups.append((start, index))
+            start, held = index, 0
+        held += len(encoding)
+    return [*groups, (start, len(traced.encodings))]
+
+
+def _attribute_texts(
+    handle: LoadedModel, traced: Trace, tap: str, space: ReferenceSpace, normalized: Normalization | None, ablation: bool
+) -> BatchAttribution:
+    """`attribute_batch` for one group of texts, all their tokens at once."""
+    assert traced.heads is not None
     blocks = blocks_of(handle, traced, None)
     adapter = handle.adapter
     token_ids = torch.cat([e.input_ids for e in traced.encodings])

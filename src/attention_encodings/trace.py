@@ -93,6 +93,21 @@ class Trace:
         real = torch.arange(values.shape[axis + 1], device=values.device) < lengths[:, None]  # (B, T)
         return values.movedim(0, axis)[(slice(None),) * axis + (real,)]
 
+    def texts(self, start: int, stop: int) -> Trace:
+        """The same trace narrowed to encodings start..stop-1 (views of its tensors, nothing copied)."""
+        heads = self.heads
+        return Trace(
+            encodings=self.encodings[start:stop],
+            taps={name: values[start:stop] for name, values in self.taps.items()},
+            heads=None if heads is None else HeadCapture(
+                z=heads.z[start:stop],
+                weights=heads.weights[start:stop],
+                values=heads.values[start:stop],
+                mlp=heads.mlp[start:stop],
+                out_norm_input=None if heads.out_norm_input is None else heads.out_norm_input[start:stop],
+            ),
+        )
+
     def _tap(self, tap: str) -> Tensor:
         if check_tap(tap) not in self.taps:
             raise InputError(f"tap {tap!r} was not captured; this trace holds {', '.join(self.taps)}")
