@@ -220,6 +220,23 @@ def test_separating_heads_bootstrap_over_texts(bundled_run):
         assert (row.difference, row.low, row.high) == pytest.approx(plain, abs=1e-9)
 
 
+def test_the_bootstrap_draws_in_blocks_and_gives_no_interval_for_one_text(monkeypatch):
+    """Resamples drawn in blocks (bounded memory) equal one whole draw; a single text gives the difference with an
+    empty interval, never a point that looks certain."""
+    from attention_encodings.corpus import separation
+
+    rng = np.random.default_rng(1)
+    counts = rng.integers(1, 9, size=(37, 2)).astype(float)
+    sums = rng.normal(size=(37, 2, 3, 4)) * counts[:, :, None, None]
+    whole = separation.bootstrap_difference(sums, counts)
+    monkeypatch.setattr(separation, "DRAW_VALUES", 37 * 150)  # 14 blocks of 150 resamples (the last 50)
+    blocked = separation.bootstrap_difference(sums, counts)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, blocked))
+    difference, low, high = separation.bootstrap_difference(sums[:1], counts[:1])
+    expected = sums[0, 0] / counts[0, 0] - sums[0, 1] / counts[0, 1]
+    assert np.allclose(difference, expected) and np.isnan(low).all() and np.isnan(high).all()
+
+
 @pytest.fixture(scope="module")
 def plain_states(bundled_run, bundled):
     """Each measured text's tapped vectors (N+1, T, d) and special flags, traced one text at a time."""
@@ -289,6 +306,16 @@ def test_bad_records_are_listed_not_fatal(tmp_path, tiny):
     assert sorted(result.heads().text_index.unique()) == [0, 5]
     cut = analyze_corpus(path, tmp_path / "cut", tiny, top_k=5, truncate=True).texts()
     assert cut.status[3] == "truncated" and cut.n_tokens[3] == TINY_MAX_POSITIONS - 2 and cut.reason[3].startswith("cut from")
+
+
+def test_a_corpus_with_nothing_measurable_writes_its_folder_and_says_so(tmp_path, tiny):
+    """Every record skipped: the folder, texts and report are still written; the report says why it has no chart."""
+    path = tmp_path / "texts.txt"
+    path.write_text(" ".join([SEED] * 6) + "\n\n")
+    result = analyze_corpus(path, tmp_path / "out", tiny, top_k=5, attribution=True)
+    assert result.texts().status.tolist() == ["skipped", "skipped"] and result.tokens().empty
+    report = (result.path / "report.html").read_text()
+    assert "No text was measured: every record was skipped" in report and "vegaEmbed" in report
 
 
 def test_jsonl_and_parquet_records(tmp_path, tiny):

@@ -45,8 +45,15 @@ only those of the tokens asked for (`focus`), since they grow with tokens² and 
 TOP_SOURCES = 3
 """Source tokens listed per head by `Attribution.heads`."""
 BATCH_PART_FLOATS = 64 << 20
-"""`attribute_batch` builds the parts of at most this many floats at once (256 MB: every head's vector of every
-layer and token of a group of texts), taking a corpus batch's texts a group at a time; a larger text is a group."""
+"""`attribute_batch` takes a corpus batch's texts a group at a time, so that a group's head vectors, parts and
+ablated vectors (each N × about H × tokens × d) come to about this many floats (256 MB); a larger text is a group."""
+
+
+def part_heads(parts: np.ndarray, num_heads: int) -> np.ndarray:
+    """The head each part (its index among the components: residual, head 0..H-1, then the rest) is, -1 for the
+    parts that are not heads."""
+    head = np.asarray(parts) - 1
+    return np.where((head >= 0) & (head < num_heads), head, -1)
 
 
 @dataclass(frozen=True)
@@ -181,15 +188,15 @@ class Attribution:
         return found
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy table: one row per (layer, token, component), with `share` and, for heads, `ablation_rank`
-        (null for the other parts, and where it was not computed)."""
+        """Tidy table: one row per (layer, component, token), in that order, with `share` and, for heads,
+        `ablation_rank` (null for the other parts, and where it was not computed)."""
         import pandas as pd
 
         layers, parts, tokens = self.shares.shape
         layer, part, token = np.meshgrid(np.arange(layers), np.arange(parts), np.arange(tokens), indexing="ij")
         layer, part, token = layer.reshape(-1), part.reshape(-1), token.reshape(-1)
-        head = part - 1
-        is_head = (head >= 0) & (head < self.num_heads)
+        head = part_heads(part, self.num_heads)
+        is_head = head >= 0
         ablation = pd.array([pd.NA] * len(layer), dtype="Int64")
         if self.ablation_rank is not None:
             ablation[is_head] = self.ablation_rank[layer[is_head], head[is_head], token[is_head]]
@@ -374,10 +381,10 @@ def attribute_batch(
 
 
 def _text_groups(handle: LoadedModel, traced: Trace) -> list[tuple[int, int]]:
-    """Consecutive runs of the trace's texts whose head vectors (N, H, t, d) fit in BATCH_PART_FLOATS."""
+    """Consecutive runs of the trace's texts whose head vectors, parts and ablated vectors fit BATCH_PART_FLOATS."""
     assert traced.heads is not None
     _, layers, _, width = traced.heads.mlp.shape
-    per_token = layers * (int(handle.model.config.num_attention_heads) + 4) * width
+    per_token = layers * 3 * (int(handle.model.config.num_attention_heads) + 4) * width  # heads, parts, ablated
     budget = max(1, BATCH_PART_FLOATS // per_token)
     groups, start, held = [], 0, 0
     for index, encoding in enumerate(traced.encodings):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -99,13 +99,10 @@ class Trace:
         return Trace(
             encodings=self.encodings[start:stop],
             taps={name: values[start:stop] for name, values in self.taps.items()},
-            heads=None if heads is None else HeadCapture(
-                z=heads.z[start:stop],
-                weights=heads.weights[start:stop],
-                values=heads.values[start:stop],
-                mlp=heads.mlp[start:stop],
-                out_norm_input=None if heads.out_norm_input is None else heads.out_norm_input[start:stop],
-            ),
+            heads=None if heads is None else HeadCapture(**{
+                field.name: None if (values := getattr(heads, field.name)) is None else values[start:stop]
+                for field in fields(HeadCapture)
+            }),
         )
 
     def _tap(self, tap: str) -> Tensor:

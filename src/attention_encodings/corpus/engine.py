@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from ..analysis import Trajectory, load_for, measure_texts, reference_for
-from ..attribution import BatchAttribution, attribute_batch
+from ..attribution import BatchAttribution, attribute_batch, part_heads
 from ..catalog import MEASURES
 from ..clusters import check_ray_address
 from ..errors import AttentionEncodingsError, InputError, ModelLoadError, OptionError
@@ -276,8 +276,8 @@ def _head_rows(found: BatchAttribution, text_indices: np.ndarray, text_of: np.nd
     layer, part, token = (grid.reshape(-1) for grid in grids)
     order = np.lexsort((part, token, layer, text_of[token]))
     layer, part, token = layer[order], part[order], token[order]
-    head = part - 1
-    other = (head < 0) | (head >= found.num_heads)
+    head = part_heads(part, found.num_heads)
+    other = head < 0
     at = (layer, np.where(other, 0, head), token)
     columns = {
         "text_index": pa.array(text_indices[text_of[token]]),

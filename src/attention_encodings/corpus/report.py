@@ -96,9 +96,10 @@ def report_html(
     columns = [column for column in manifest["measures"] if column in charted]  # baselines live in the summary
     present = summary["group"].unique().tolist()
     classes = [g for g in group_order(present) if g in UPOS or g not in ("all", "function", "content", "special")]
-    charts = corpus_charts(summary, columns, settings, classes) | heads_charts(summary)
-    specs = {name: chart.to_dict() for name, chart in charts.items()}
     model, counts, timing = manifest["model"], manifest["counts"], manifest["timing"]
+    measured = counts["tokens"] > 0
+    charts = corpus_charts(summary, columns, settings, classes) | heads_charts(summary) if measured else {}
+    specs = {name: chart.to_dict() for name, chart in charts.items()}
     placement = f"{model['device']}, {model['dtype']}"
     model_line = f"model: {model_said(model['label'], model['reason'], placement)}"
     speed = f"{timing['tokens_per_s']:,.0f} tokens/s" if timing.get("tokens_per_s") else "—"
@@ -121,7 +122,13 @@ def report_html(
         ("batches", f"at most {run['batch_tokens']:,} padded tokens"),
         ("records", f"the first {run['limit']:,}" if run["limit"] else "all"),
     ]
-    note = (
+    nothing = (
+        ""
+        if measured
+        else '<p class="note">No text was measured: every record was skipped (texts.parquet says why), so there is '
+        "nothing to chart.</p>"
+    )
+    note = nothing + (
         ""
         if manifest["word_classes"]
         else (

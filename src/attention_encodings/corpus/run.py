@@ -198,7 +198,7 @@ def run_corpus(
     loaded and `on_note` each note for the user."""
     check_engine(engine)
     if ablation and not settings.attribution:
-        raise OptionError("ablation ranks are part of the attribution; add --attribution")
+        raise OptionError("ablation ranks are part of the attribution; add --attribution (attribution=True in Python)")
     check_batch_tokens(batch_tokens)
     if engine == "ray":
         check_ray_address(ray_address)

@@ -20,6 +20,11 @@ from .words import CONTENT, FUNCTION
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
+DRAW_VALUES = 1 << 23
+"""Resamples are drawn and multiplied in blocks of at most this many counts (resamples × texts), so memory stays
+bounded however many texts the corpus has; the blocks draw exactly the counts one whole draw would."""
+MIN_TEXTS = 2
+"""With fewer texts every resample is the same text set, so the interval is left empty (NaN) rather than a point."""
 COLUMNS = ("layer", "head", "difference", "low", "high", "function_mean", "content_mean", "function_n", "content_n")
 
 
@@ -28,19 +33,26 @@ def bootstrap_difference(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The difference of the two groups' means and its percentile interval at `level`, resampling texts: `sums`
     (texts, 2, ...) each text's sum of values per group (function, content), `counts` (texts, 2) its values per
-    group. Returns the difference (...) and the interval's low and high ends (...)."""
+    group. Returns the difference (...) and the interval's low and high ends (...), NaN under MIN_TEXTS texts."""
     texts = sums.shape[0]
     flat = sums.reshape(texts, -1).astype(np.float64)
-    drawn = np.random.default_rng(seed).multinomial(texts, np.full(texts, 1 / texts), size=resamples).astype(np.float64)
-    totals = drawn @ np.concatenate([flat, counts.astype(np.float64)], axis=1)  # (resamples, 2·K + 2)
     width = flat.shape[1] // 2
+    whole = flat.sum(axis=0).reshape(2, width) / counts.sum(axis=0)[:, None]
+    shape = sums.shape[2:]
+    if texts < MIN_TEXTS:
+        empty = np.full(shape, np.nan)
+        return (whole[0] - whole[1]).reshape(shape), empty, empty.copy()
+    values = np.concatenate([flat, counts.astype(np.float64)], axis=1)
+    rng, step = np.random.default_rng(seed), max(1, DRAW_VALUES // texts)
+    totals = np.concatenate([  # (resamples, 2·K + 2)
+        rng.multinomial(texts, np.full(texts, 1 / texts), size=min(step, resamples - start)).astype(np.float64) @ values
+        for start in range(0, resamples, step)
+    ])
     with np.errstate(invalid="ignore", divide="ignore"):
         means = totals[:, : 2 * width].reshape(resamples, 2, width) / totals[:, 2 * width :, None]
     differences = means[:, 0] - means[:, 1]
     tail = (1 - level) / 2
     low, high = np.nanquantile(differences, [tail, 1 - tail], axis=0)
-    whole = flat.sum(axis=0).reshape(2, width) / counts.sum(axis=0)[:, None]
-    shape = sums.shape[2:]
     return (whole[0] - whole[1]).reshape(shape), low.reshape(shape), high.reshape(shape)
 
 

@@ -524,7 +524,8 @@ def corpus_command(
         bool,
         typer.Option(
             "--attribution",
-            help="Also split every layer into the residual, each head, the MLP and the norms' biases: heads/ (each "
+            help="Also split every layer into its parts (the residual, each head, the attention bias, the MLP, the "
+            "norms' biases; see the README's 'Which heads moved it'): heads/ (each "
             "part's share of the cosine, each head's attention entropy), share rows in the summary, and heads.csv "
             "(the heads that separate function from content words).",
         ),

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..analysis import Analysis
-from ..attribution import TOP_SOURCES, Attribution
+from ..attribution import TOP_SOURCES, Attribution, part_heads
 from ..comparison import Comparison, compare
 from ..display import shown
 from ..errors import OptionError
@@ -105,13 +105,14 @@ def share_rows(run: Analysis) -> pd.DataFrame:
     found = _found(run)
     frame = found.to_frame().drop(columns="token")
     frame["part"] = frame.component.map({name: place for place, name in enumerate(found.components)})
-    is_head = frame.part.between(1, found.num_heads).to_numpy()
-    frame["head"] = np.where(is_head, frame.part.to_numpy() - 1, None)
+    heads = part_heads(frame.part.to_numpy(), found.num_heads)
+    is_head = heads >= 0
+    frame["head"] = np.where(is_head, heads, None)
     column = _columns(found)[frame.token_index.to_numpy()]
     frame["rank"] = found.rank[frame.layer.to_numpy(), column]
     top = _top_sources(found)
     if top is not None:
-        layer, head = frame.layer.to_numpy() - 1, np.where(is_head, frame.part.to_numpy() - 1, 0)
+        layer, head = frame.layer.to_numpy() - 1, np.where(is_head, heads, 0)
         frame["sources"] = np.where(is_head, top[layer, head, column], None)
     return frame
 

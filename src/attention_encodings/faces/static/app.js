@@ -324,7 +324,7 @@ function shadeChips() {
 async function toggleHeads() {
   page.heads = !page.heads;
   writeURL();
-  if (page.heads && !page.result.attribution) {
+  if (page.heads && !page.result?.attribution) {  // (no result yet when the first analysis failed)
     await analyse(page.selected);
     return;
   }
