@@ -51,3 +51,5 @@ CORPUS_ENGINES: tuple[str, ...] = ("local", "ray")
 """Where a corpus's batches run: in this process, or on Ray Data's model actors."""
 DEFAULT_BATCH_TOKENS = 4096
 """Padded tokens per corpus batch (texts × the longest one): bounds a batch's memory whatever the corpus size."""
+SHARE_MEASURE = "share"
+"""The corpus summary's measure for the attribution's rows, one per (group, layer, component) of `heads/`'s share."""

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..models import usable_cpus
-from ..views.corpus_heads import SHARE
+from ..names import SHARE_MEASURE as SHARE
 from .words import CONTENT, FUNCTION, UPOS
 
 COLUMNS = ("group", "layer", "measure", "component", "n", "mean", "std", "q10", "q25", "median", "q75", "q90")

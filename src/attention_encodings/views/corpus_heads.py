@@ -6,11 +6,10 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from ..names import SHARE_MEASURE as SHARE
 from .charts import FONT
 from .corpus import BROAD
 
-SHARE = "share"
-"""The summary's measure of the attribution's rows, one per (group, layer, component)."""
 COLOUR_CONSTANT = 0.002
 """Where the symlog colour scale turns from linear to logarithmic: the residual's share (near 1) and a head's (near
 0.01) then both read on one scale."""
