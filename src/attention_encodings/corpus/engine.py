@@ -274,7 +274,14 @@ def _head_rows(found: BatchAttribution, text_indices: np.ndarray, text_of: np.nd
     layers, parts, total = found.shares.shape
     grids = np.meshgrid(np.arange(layers), np.arange(parts), np.arange(total), indexing="ij")
     layer, part, token = (grid.reshape(-1) for grid in grids)
-    order = np.lexsort((part, token, layer, text_of[token]))
+    # The tokens are packed text by text, so each (layer, part, token) row's place follows from its text's first
+    # token and length: no sort.
+    lengths = np.bincount(text_of, minlength=len(text_indices))
+    starts = np.cumsum(lengths) - lengths
+    text = text_of[token]
+    place = (starts[text] * layers + layer * lengths[text]) * parts + (token - starts[text]) * parts + part
+    order = np.empty_like(place)
+    order[place] = np.arange(place.size)
     layer, part, token = layer[order], part[order], token[order]
     head = part_heads(part, found.num_heads)
     other = head < 0
